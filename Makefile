@@ -1,0 +1,46 @@
+# AutoNorm. `make demo` and `make test` install into .venv first if it is missing.
+PY      ?= .venv/bin/python
+DATA    ?= ../shared/data
+EPOCHS  ?= 3
+PRETRAIN_EPOCHS ?= 2
+TEACHER_EPOCHS ?= 5
+# extra overrides for table-full, e.g. TABLE_ARGS="data.train_subset=10000 eval.max_images=2000"
+TABLE_ARGS ?=
+export OMP_WAIT_POLICY ?= passive
+
+.PHONY: install demo test test-all table table-full bench lint clean
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install --upgrade --quiet pip
+	# torch and torchvision are pinned in pyproject (they lie on the dev machines' disk)
+	.venv/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: .venv/.installed
+
+## the main job on the embedded mini data: AutoNorm (soft gate) ViT on the MNIST mini
+demo: install
+	$(PY) train.py data=mnist_mini norm=autonorm gate=soft data.batch_size=64 trainer.max_epochs=12
+
+## the fast test suite (slow tests are marked and skipped)
+test: install
+	$(PY) -m pytest -q
+
+test-all: install
+	$(PY) -m pytest -q -m ""
+
+## the baseline table on the embedded minis (one multirun sweep)
+table: install
+	$(PY) train.py -m sweep=table_mini
+
+## the baseline table on the full data sets in $(DATA)
+table-full: install
+	$(PY) train.py -m sweep=table_full paths.data_root=$(DATA) trainer.max_epochs=$(EPOCHS) \
+		transfer.pretrain.max_epochs=$(PRETRAIN_EPOCHS) distill.teacher.max_epochs=$(TEACHER_EPOCHS) $(TABLE_ARGS)
+
+bench: install
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf outputs .pytest_cache

@@ -1,0 +1,811 @@
+#!/usr/bin/env python
+"""Performance benchmark of the norms, the training stack and the data path (CPU, fp32, eager).
+
+Usage::
+
+    python scripts/bench.py [--quick] [--out outputs/bench/bench.json] [--models vit_micro,vit_tiny]
+
+Everything is measured in ONE process. Every comparison is INTERLEAVED: the variants being
+compared run round-robin (one "round" = a few timed repetitions of each variant, the starting
+variant rotating from round to round), and each figure is the median over rounds of the per-round
+ratio (a per-round ratio divides medians taken within the same round, so slow drifts of the
+machine's speed cancel). Warm-up repetitions run before the first round and are not timed.
+
+Figures (each printed as ``RATIO <name> <value> (target <= <x>)`` or ``(target >= <x>)``):
+
+1. ``train_step/<model>/<norm>``: time of one training step (forward, cross-entropy, backward,
+   AdamW step, zero_grad) on a fixed random batch (vit_micro: 128, vit_tiny: 256 images of
+   32x32), divided by the same for LayerNorm. Targets: DyT <= 1.00, AutoNorm soft/gumbel <= 1.05,
+   AFN <= 1.10.
+2. ``inference/<model>/<norm>``: eval-mode forward under ``torch.inference_mode`` of a batch of
+   256, divided by LayerNorm's, target <= 1.00. If the model has a ``deploy()`` method, the
+   deployed copy is also measured (``inference_deployed/<model>/<norm>``, target <= 1.00) and the
+   undeployed ratio becomes informational.
+3. ``lightning_overhead``: per-step time of a ``pl.Trainer`` fit of ``ClassificationTask`` over a
+   :class:`~autonorm.data.BatchLoader` divided by the per-step time of a plain PyTorch loop doing
+   the same work (see :func:`measure_lightning`), target <= 1.03.
+4. ``data_path``: images/s the BatchLoader delivers with CIFAR augmentation (random crop with
+   padding 4 + horizontal flip) divided by images/s the vit_micro training step consumes,
+   target >= 10.
+5. ``throughput_vs_matmul/<model>/<norm>``: achieved training GFLOP/s (3 x forward FLOPs per
+   step / step time) divided by the GFLOP/s of a 2048x2048 @ 2048x2048 fp32 matmul, target >= 0.60.
+   Both count 2 FLOPs per multiply-add (fvcore's matrix-product counts, 1 per multiply-add, are
+   doubled; its element-wise counts are kept).
+
+Before measuring, the script samples the machine's CPU use by other processes for ~1 s
+(``/proc/stat`` minus this process) and reads ``/proc/loadavg``; it repeats the accounting over
+the whole run. Other processes using >= 0.25 cores (before, or on average during the run) make the
+machine "busy": a ``WARNING`` line and ``"machine_busy": true`` in the JSON; the figures are still
+produced. (The load average is recorded, but lags by a minute, so it decides only where
+``/proc/stat`` is unreadable.) ``--quick`` (< 2 min on 2 cores): vit_micro only, 3-4 rounds,
+fewer repetitions and shorter Lightning runs; the same figures otherwise.
+
+The script sets ``OMP_WAIT_POLICY=passive`` (unless already set) before importing torch and uses
+as many torch threads as the process may use cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # must precede the first torch import
+
+import argparse
+import copy
+import gc
+import logging
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+try:
+    import autonorm  # noqa: F401
+except ImportError:  # running from a checkout without the editable install
+    sys.path.insert(0, str(REPO / "src"))
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from autonorm.build import build_model  # noqa: E402
+from autonorm.pipeline.io import atomic_write_json  # noqa: E402
+
+CONF = REPO / "conf"
+DEFAULT_OUT = REPO / "outputs" / "bench" / "bench.json"
+
+#: Training batch per model (other models: 256).
+TRAIN_BATCH = {"vit_micro": 128, "vit_tiny": 256}
+#: Norm variants: (norm config, gate config or None).
+VARIANTS: dict[str, tuple[str, Optional[str]]] = {
+    "ln": ("ln", None),
+    "dyt": ("dyt", None),
+    "autonorm_soft": ("autonorm", "soft"),
+    "autonorm_gumbel": ("autonorm", "gumbel"),
+    "afn": ("afn", None),
+}
+TRAIN_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel", "afn")
+INFER_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel")
+TRAIN_TARGETS = {"dyt": 1.00, "autonorm_soft": 1.05, "autonorm_gumbel": 1.05, "afn": 1.10}
+INFER_TARGET = 1.00
+LIGHTNING_TARGET = 1.03
+DATA_PATH_TARGET = 10.0
+MATMUL_TARGET = 0.60
+#: fvcore operator names that count one FLOP per multiply-add (doubled to get FLOPs).
+MATRIX_OPS = frozenset(
+    {"conv", "linear", "matmul", "bmm", "einsum", "addmm", "mm", "baddbmm", "scaled_dot_product_attention"}
+)
+#: Other processes using at least this many cores (on average) make the machine "busy".
+BUSY_OTHER_CORES = 0.25
+
+
+# ----------------------------------------------------------------------------------- configuration
+@dataclass
+class ModelSpec:
+    """One model to benchmark: its ``model`` config, training batch and repetition counts."""
+
+    name: str
+    cfg: dict[str, Any]
+    train_batch: int
+    rounds: int = 5
+    steps_per_round: int = 2
+    warmup: int = 2
+
+
+@dataclass
+class BenchConfig:
+    """Everything :func:`run_benchmark` measures and how often."""
+
+    models: list[ModelSpec]
+    mode: str = "full"
+    infer_batch: int = 256
+    infer_rounds: int = 5
+    infer_iters_per_round: int = 3
+    infer_warmup: int = 2
+    lightning_model: Optional[ModelSpec] = None  # default: the first model
+    lightning_steps: int = 30
+    lightning_skip: int = 5
+    lightning_rounds: int = 6
+    data_model: Optional[ModelSpec] = None  # default: the first model
+    data_batches_per_pass: int = 20
+    data_rounds: int = 5
+    data_train_steps_per_round: int = 2
+    matmul_n: int = 2048
+    num_classes: int = 10
+    img_size: int = 32
+    idle_sample_s: float = 1.0
+    train_variants: tuple[str, ...] = TRAIN_VARIANTS
+    infer_variants: tuple[str, ...] = INFER_VARIANTS
+
+
+def load_model_cfg(name: str) -> dict[str, Any]:
+    """The ``conf/model/<name>.yaml`` group as a plain dict."""
+    path = CONF / "model" / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+        raise ValueError(f"unknown model {name!r}; known: {known}")
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+
+
+def norm_cfg(variant: str) -> dict[str, Any]:
+    """The ``norm`` config of a variant, read from ``conf/norm`` (and ``conf/gate`` for AutoNorm)."""
+    norm, gate = VARIANTS[variant]
+    root = {"norm": OmegaConf.load(CONF / "norm" / f"{norm}.yaml")}
+    if gate is not None:
+        root["gate"] = OmegaConf.load(CONF / "gate" / f"{gate}.yaml")
+    return OmegaConf.to_container(OmegaConf.create(root), resolve=True)["norm"]  # type: ignore[index]
+
+
+def optim_cfg() -> dict[str, Any]:
+    """The ``optim`` block of ``conf/train.yaml``."""
+    try:
+        return dict(OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").optim, resolve=True))  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - fall back to the documented defaults
+        return {"lr": 2e-3, "weight_decay": 0.05, "betas": [0.9, 0.999], "warmup_epochs": 0.5, "min_lr_ratio": 0.01}
+
+
+def model_spec(name: str, quick: bool = False) -> ModelSpec:
+    """Repetition counts per model, scaled to its step time on a 2-core CPU."""
+    cfg = load_model_cfg(name)
+    batch = TRAIN_BATCH.get(name, 256)
+    small = name == "vit_micro"
+    if quick:
+        return ModelSpec(name, cfg, batch, rounds=4, steps_per_round=2 if small else 1, warmup=1)
+    return ModelSpec(name, cfg, batch, rounds=7 if small else 5, steps_per_round=3 if small else 1, warmup=2 if small else 1)
+
+
+def default_config(quick: bool = False, models: Optional[Sequence[str]] = None) -> BenchConfig:
+    """Full run (vit_micro and vit_tiny) or ``--quick`` (vit_micro only, fewer repetitions)."""
+    names = list(models) if models else (["vit_micro"] if quick else ["vit_micro", "vit_tiny"])
+    specs = [model_spec(n, quick) for n in names]
+    micro = model_spec("vit_micro", quick)
+    if quick:
+        return BenchConfig(
+            models=specs, mode="quick", infer_rounds=3, infer_iters_per_round=2, infer_warmup=1,
+            lightning_model=micro, lightning_steps=14, lightning_skip=3, lightning_rounds=3,
+            data_model=micro, data_batches_per_pass=10, data_rounds=3, data_train_steps_per_round=1,
+        )  # fmt: skip
+    return BenchConfig(models=specs, mode="full", lightning_model=micro, data_model=micro)
+
+
+# --------------------------------------------------------------------------- machine and idleness
+def machine_info() -> dict[str, Any]:
+    """CPU model, core counts, platform."""
+    cpu_model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu_model": cpu_model,
+        "cores": usable_cores(),
+        "logical_cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def usable_cores() -> int:
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _cpu_counters() -> Optional[tuple[float, float, float]]:
+    """(busy CPU-seconds of the whole machine, CPU-seconds of this process, wall time)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+        vals = [int(v) for v in fields]
+        own = os.times()
+    except (OSError, ValueError, IndexError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
+    busy = sum(vals[:8]) - vals[3] - (vals[4] if len(vals) > 4 else 0)
+    return busy / hz, own.user + own.system, time.perf_counter()
+
+
+def _other_cores(a: Optional[tuple[float, float, float]], b: Optional[tuple[float, float, float]]) -> Optional[float]:
+    """Average cores used by other processes between two :func:`_cpu_counters` readings."""
+    if a is None or b is None or b[2] <= a[2]:
+        return None
+    return max(0.0, ((b[0] - a[0]) - (b[1] - a[1])) / (b[2] - a[2]))
+
+
+def loadavg() -> Optional[list[float]]:
+    """The 1, 5 and 15 minute load averages, or None where unavailable."""
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        return None
+
+
+def check_idle(sample_s: float = 1.0) -> dict[str, Any]:
+    """Sample other processes' CPU use for ``sample_s`` seconds and read the load average.
+
+    Busy when others use >= ``BUSY_OTHER_CORES`` cores during the sample. The 1-minute load
+    average is recorded but decides only where ``/proc/stat`` cannot be read (busy when it is at
+    least the core count): it lags by about a minute, so right after other jobs finish it still
+    reads high on an idle machine.
+    """
+    a = _cpu_counters()
+    time.sleep(max(0.0, sample_s))
+    b = _cpu_counters()
+    others = _other_cores(a, b)
+    load = loadavg()
+    cores = usable_cores()
+    if others is not None:
+        busy = others >= BUSY_OTHER_CORES
+    else:
+        busy = load is not None and load[0] >= cores
+    return {"other_cpu_cores": others, "loadavg": load, "cores": cores, "busy": bool(busy), "sample_s": sample_s}
+
+
+# ------------------------------------------------------------------------------ timing primitives
+def round_robin(
+    units: dict[str, Callable[[], Any]],
+    rounds: int,
+    reps: int | dict[str, int] = 1,
+    warmup: int = 1,
+) -> dict[str, list[list[float]]]:
+    """Time each unit ``reps`` times per round, the units taken in turn, for ``rounds`` rounds.
+
+    ``warmup`` untimed calls of every unit come first. The unit that opens a round rotates, so no
+    variant always runs first. Returns ``{name: [[seconds of each rep] for each round]}``.
+    """
+    names = list(units)
+    for _ in range(max(0, warmup)):
+        for n in names:
+            units[n]()
+    out: dict[str, list[list[float]]] = {n: [] for n in names}
+    for r in range(rounds):
+        k = r % len(names)
+        gc.collect()
+        for n in names[k:] + names[:k]:
+            times = []
+            for _ in range(reps[n] if isinstance(reps, dict) else reps):
+                t0 = time.perf_counter()
+                units[n]()
+                times.append(time.perf_counter() - t0)
+            out[n].append(times)
+    return out
+
+
+def _med(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def per_round_medians(times: list[list[float]]) -> list[float]:
+    """Median of each round's repetitions."""
+    return [_med(t) for t in times]
+
+
+def all_median(times: list[list[float]]) -> float:
+    """Median over every timed repetition of every round."""
+    return _med([t for rnd in times for t in rnd])
+
+
+def ratio_of_rounds(num: list[list[float]], den: list[list[float]]) -> float:
+    """Median over rounds of (round median of ``num``) / (round median of ``den``)."""
+    return _med([a / b for a, b in zip(per_round_medians(num), per_round_medians(den))])
+
+
+# --------------------------------------------------------------------------------------- models
+def build(spec: ModelSpec, variant: str, num_classes: int = 10) -> nn.Module:
+    """A freshly initialised ViT of ``spec`` with the norm ``variant``."""
+    torch.manual_seed(0)
+    return build_model(spec.cfg, norm_cfg(variant), num_classes)
+
+
+def _train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _infer_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    model.eval()
+
+    def fwd() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    return fwd
+
+
+def _batch(n: int, img: int, num_classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, img, img, generator=g), torch.randint(0, num_classes, (n,), generator=g)
+
+
+def flops_per_sample(model: nn.Module, img_size: int = 32) -> dict[str, Any]:
+    """Forward FLOPs per sample (2 per multiply-add) with their source.
+
+    fvcore through ``autonorm.eval.profile.count_flops`` when importable: its matrix-product
+    counts (1 per multiply-add) are doubled, element-wise/reduction counts kept. Otherwise the
+    estimate ``2 * params * tokens`` (the weight matmuls only; attention scores not counted).
+    """
+    try:
+        from autonorm.eval.profile import count_flops
+
+        res = count_flops(model, img_size=img_size)
+        by_op = res.get("by_operator", {})
+        flops = sum((2 if op.split("::")[-1] in MATRIX_OPS else 1) * int(v) for op, v in by_op.items())
+        if flops <= 0:
+            raise ValueError("fvcore counted no FLOPs")
+        return {"flops": float(flops), "source": "fvcore", "fvcore_total": int(res["total"])}
+    except Exception as exc:  # noqa: BLE001
+        params = sum(p.numel() for p in model.parameters())
+        tokens = (img_size // _patch(model)) ** 2 + 1
+        return {"flops": float(2 * params * tokens), "source": f"estimate 2*params*tokens ({type(exc).__name__}: {exc})"}
+
+
+def _patch(model: nn.Module) -> int:
+    try:
+        return int(model.patch_embed.proj.kernel_size[0])  # type: ignore[union-attr,index]
+    except AttributeError:
+        return 4
+
+
+def has_deploy(model: nn.Module) -> bool:
+    """Whether the model offers ``deploy()``."""
+    return callable(getattr(model, "deploy", None))
+
+
+def deployed_copy(model: nn.Module) -> nn.Module:
+    """``deploy()`` applied to a deep copy (returns what ``deploy`` returns if it is a module)."""
+    m = copy.deepcopy(model).eval()
+    out = m.deploy()  # type: ignore[operator]
+    return out if isinstance(out, nn.Module) else m
+
+
+# ------------------------------------------------------------------------------- measurements
+def measure_training(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
+    """Training-step times of every norm variant of ``spec`` interleaved with a reference matmul.
+
+    Returns raw per-round times (``times``), medians, per-variant ratios to LN and the
+    throughput-vs-matmul ratios.
+    """
+    x, y = _batch(spec.train_batch, cfg.img_size, cfg.num_classes)
+    units: dict[str, Callable[[], Any]] = {}
+    flops: dict[str, dict[str, Any]] = {}
+    for v in cfg.train_variants:
+        model = build(spec, v, cfg.num_classes)
+        flops[v] = flops_per_sample(model, cfg.img_size)
+        units[v] = _train_step_fn(model, x, y)
+    n = cfg.matmul_n
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    units["matmul"] = lambda: torch.mm(a, b)
+    reps = {v: spec.steps_per_round for v in cfg.train_variants}
+    reps["matmul"] = 2
+    times = round_robin(units, spec.rounds, reps, spec.warmup)
+    mm_flop = 2.0 * n**3
+    mm_rates = [mm_flop / t for t in per_round_medians(times["matmul"])]
+    out: dict[str, Any] = {
+        "batch": spec.train_batch,
+        "rounds": spec.rounds,
+        "steps_per_round": spec.steps_per_round,
+        "warmup": spec.warmup,
+        "median_step_s": {v: all_median(times[v]) for v in cfg.train_variants},
+        "matmul_median_s": all_median(times["matmul"]),
+        "matmul_gflops": _med(mm_rates) / 1e9,
+        "flops_per_sample": {v: flops[v]["flops"] for v in cfg.train_variants},
+        "flops_source": {v: flops[v]["source"] for v in cfg.train_variants},
+        "ratio_to_ln": {},
+        "train_gflops": {},
+        "throughput_vs_matmul": {},
+        "times": times,
+    }
+    for v in cfg.train_variants:
+        if v != "ln":
+            out["ratio_to_ln"][v] = ratio_of_rounds(times[v], times["ln"])
+        step_flop = 3.0 * flops[v]["flops"] * spec.train_batch
+        rates = [step_flop / t for t in per_round_medians(times[v])]
+        out["train_gflops"][v] = _med(rates) / 1e9
+        out["throughput_vs_matmul"][v] = _med([r / m for r, m in zip(rates, mm_rates)])
+    return out
+
+
+def measure_inference(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
+    """Eval-mode forward times (inference_mode, batch ``cfg.infer_batch``) of every variant,
+    plus the ``deploy()``-ed copies where the model has that method."""
+    x, _ = _batch(cfg.infer_batch, cfg.img_size, cfg.num_classes, seed=1)
+    units: dict[str, Callable[[], Any]] = {}
+    deploy = False
+    for v in cfg.infer_variants:
+        model = build(spec, v, cfg.num_classes)
+        units[v] = _infer_fn(model, x)
+        if has_deploy(model):
+            deploy = True
+            units[f"{v}+deploy"] = _infer_fn(deployed_copy(model), x)
+    times = round_robin(units, cfg.infer_rounds, cfg.infer_iters_per_round, cfg.infer_warmup)
+    out: dict[str, Any] = {
+        "batch": cfg.infer_batch,
+        "deploy_available": deploy,
+        "median_forward_s": {k: all_median(t) for k, t in times.items()},
+        "ratio_to_ln": {k: ratio_of_rounds(t, times["ln"]) for k, t in times.items() if k != "ln"},
+        "times": times,
+    }
+    return out
+
+
+def measure_lightning(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
+    """Per-step time of a Lightning fit vs a plain PyTorch loop doing the same work.
+
+    Method: the same ``ClassificationTask`` (LayerNorm ViT of ``spec``, AdamW with the task's
+    parameter groups and warmup-cosine LR schedule stepped per step) trains on the same
+    ``BatchLoader`` batches (random uint8 images, crop 4 + flip, epoch 0 each time) for
+    ``lightning_steps`` steps, alternately under ``pl.Trainer.fit`` (no logger, checkpointing,
+    progress bar or model summary; ``limit_train_batches``) and under a plain loop that does the
+    task's work (forward, loss, accuracy metric update, zero_grad, backward, AdamW step, LR
+    scheduler step). A step's time is the interval between the starts of consecutive steps, taken
+    from inside: in Lightning by a callback's ``on_train_batch_start`` timestamps (the batch has
+    been fetched at that point), in the plain loop right after fetching the batch. So everything
+    Lightning does per step (hooks, closure, ``self.log``, loop bookkeeping, scheduler stepping,
+    fetching the next batch) is in the interval, and the fixed start-up/tear-down of ``fit`` is
+    not. The first ``lightning_skip`` intervals of each run are dropped (warm-up); the figure is
+    the median over rounds of (median Lightning interval / median plain interval).
+    """
+    import pytorch_lightning as pl
+
+    from autonorm.data import BatchLoader
+    from autonorm.tasks import ClassificationTask
+    from autonorm.tasks.classify import WarmupCosine
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    steps = int(cfg.lightning_steps)
+    g = torch.Generator().manual_seed(2)
+    n_img = steps * spec.train_batch
+    imgs = torch.randint(0, 256, (n_img, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, cfg.num_classes, (n_img,), generator=g)
+    loader = BatchLoader(
+        imgs, labels, spec.train_batch, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),
+        shuffle=True, drop_last=True, seed=0, crop_padding=4, flip=True,
+    )  # fmt: skip
+    optim = optim_cfg()
+    torch.manual_seed(0)
+    task = ClassificationTask(spec.cfg, norm_cfg("ln"), cfg.num_classes, optim)
+
+    class StepClock(pl.Callback):
+        def __init__(self) -> None:
+            self.starts: list[float] = []
+
+        def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+            self.starts.append(time.perf_counter())
+
+    def lightning_run() -> list[float]:
+        clock = StepClock()
+        with tempfile.TemporaryDirectory() as root, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trainer = pl.Trainer(
+                accelerator="cpu", devices=1, max_epochs=1, limit_train_batches=steps,
+                limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
+                default_root_dir=root,
+            )  # fmt: skip
+            trainer.fit(task, train_dataloaders=loader)
+        return [b - a for a, b in zip(clock.starts, clock.starts[1:])]
+
+    def plain_run() -> list[float]:
+        model = task.model
+        model.train()
+        opt = torch.optim.AdamW(task.param_groups(), lr=float(optim["lr"]), betas=tuple(optim.get("betas", (0.9, 0.999))))
+        warm = int(float(optim.get("warmup_epochs", 0.0)) * steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, WarmupCosine(min(warm, steps // 2), steps, float(optim.get("min_lr_ratio", 0.0)))
+        )
+        acc = task.train_acc
+        acc.reset()
+        loader.set_epoch(0)
+        starts = []
+        it = iter(loader)
+        for _ in range(steps):
+            x, y = next(it)
+            starts.append(time.perf_counter())
+            logits = task(x)
+            loss = task.training_loss(x, logits, y)
+            acc(logits.detach(), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        acc.reset()
+        return [b - a for a, b in zip(starts, starts[1:])]
+
+    runs: dict[str, list[list[float]]] = {"lightning": [], "plain": []}
+    fns = {"lightning": lightning_run, "plain": plain_run}
+    order = ["lightning", "plain"]
+    for r in range(cfg.lightning_rounds):
+        gc.collect()
+        for name in order[r % 2 :] + order[: r % 2]:
+            runs[name].append(fns[name]()[cfg.lightning_skip :])
+    if any(len(t) == 0 for ts in runs.values() for t in ts):
+        raise RuntimeError("lightning_steps must exceed lightning_skip + 1")
+    return {
+        "model": spec.name,
+        "norm": "ln",
+        "batch": spec.train_batch,
+        "steps_per_run": steps,
+        "skipped": cfg.lightning_skip,
+        "rounds": cfg.lightning_rounds,
+        "median_step_s": {k: all_median(v) for k, v in runs.items()},
+        "ratio": ratio_of_rounds(runs["lightning"], runs["plain"]),
+        "times": runs,
+    }
+
+
+def measure_data_path(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
+    """Images/s of a BatchLoader pass (crop 4 + flip, shuffled) vs images/s of the LN training
+    step of ``spec``, interleaved (one loader pass and a few training steps per round)."""
+    from autonorm.data import BatchLoader
+
+    bs = spec.train_batch
+    n_img = cfg.data_batches_per_pass * bs
+    g = torch.Generator().manual_seed(3)
+    imgs = torch.randint(0, 256, (n_img, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, cfg.num_classes, (n_img,), generator=g)
+    loader = BatchLoader(
+        imgs, labels, bs, mean=(0.49, 0.48, 0.45), std=(0.25, 0.24, 0.26),
+        shuffle=True, drop_last=True, seed=0, crop_padding=4, flip=True,
+    )  # fmt: skip
+    delivered = len(loader) * bs
+
+    def one_pass() -> None:
+        for _batch_xy in loader:
+            pass
+
+    x, y = _batch(bs, cfg.img_size, cfg.num_classes)
+    units = {"loader_pass": one_pass, "train_step": _train_step_fn(build(spec, "ln", cfg.num_classes), x, y)}
+    reps = {"loader_pass": 1, "train_step": cfg.data_train_steps_per_round}
+    times = round_robin(units, cfg.data_rounds, reps, warmup=1)
+    load_rates = [delivered / t for t in per_round_medians(times["loader_pass"])]
+    train_rates = [bs / t for t in per_round_medians(times["train_step"])]
+    return {
+        "model": spec.name,
+        "batch": bs,
+        "images_per_pass": delivered,
+        "augmentation": "random crop (padding 4) + horizontal flip",
+        "loader_images_per_s": _med(load_rates),
+        "train_images_per_s": _med(train_rates),
+        "ratio": _med([a / b for a, b in zip(load_rates, train_rates)]),
+        "times": times,
+    }
+
+
+# ------------------------------------------------------------------------------------ reporting
+def make_ratio(name: str, value: float, target: float, op: str = "<=", note: str = "", informational: bool = False) -> dict[str, Any]:
+    """One figure: value, target, comparison and pass/fail."""
+    if op not in ("<=", ">="):
+        raise ValueError(f"op must be '<=' or '>=', got {op!r}")
+    passed = value <= target if op == "<=" else value >= target
+    return {"name": name, "value": float(value), "target": float(target), "op": op, "pass": bool(passed),
+            "note": note, "informational": bool(informational)}  # fmt: skip
+
+
+def format_ratio_line(r: dict[str, Any]) -> str:
+    """``RATIO <name> <value> (target <= <x>)`` (or ``>=``)."""
+    return f"RATIO {r['name']} {r['value']:.3f} (target {r['op']} {r['target']:.2f})"
+
+
+def _fmt(v: Optional[float]) -> str:
+    return "?" if v is None else f"{v:.2f}"
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Run every measurement of ``cfg``, write the JSON to ``out`` (atomically) and return it."""
+    t_start = time.perf_counter()
+    before = check_idle(cfg.idle_sample_s)
+    if before["busy"]:
+        print(
+            f"WARNING: machine busy before the benchmark (other processes use {_fmt(before['other_cpu_cores'])} cores, "
+            f"loadavg {before['loadavg']}); figures are unreliable",
+            flush=True,
+        )
+    counters = _cpu_counters()
+    ratios: list[dict[str, Any]] = []
+    raw: dict[str, Any] = {"train": {}, "inference": {}}
+    flops_sources: set[str] = set()
+    deploy_seen = False
+
+    for spec in cfg.models:
+        log(f"training steps: {spec.name} (batch {spec.train_batch}, {spec.rounds} rounds x {spec.steps_per_round})")
+        tr = measure_training(spec, cfg)
+        raw["train"][spec.name] = tr
+        flops_sources.update(tr["flops_source"].values())
+        for v, val in tr["ratio_to_ln"].items():
+            ratios.append(make_ratio(f"train_step/{spec.name}/{v}", val, TRAIN_TARGETS.get(v, 1.10)))
+        log(f"inference: {spec.name} (batch {cfg.infer_batch})")
+        inf = measure_inference(spec, cfg)
+        raw["inference"][spec.name] = inf
+        deploy_seen = deploy_seen or inf["deploy_available"]
+        for v in cfg.infer_variants:
+            if v == "ln":
+                continue
+            if inf["deploy_available"]:
+                ratios.append(make_ratio(f"inference/{spec.name}/{v}", inf["ratio_to_ln"][v], INFER_TARGET,
+                                         note="undeployed (informational)", informational=True))  # fmt: skip
+                ratios.append(make_ratio(f"inference_deployed/{spec.name}/{v}", inf["ratio_to_ln"][f"{v}+deploy"],
+                                         INFER_TARGET, note="deploy()"))  # fmt: skip
+            else:
+                ratios.append(make_ratio(f"inference/{spec.name}/{v}", inf["ratio_to_ln"][v], INFER_TARGET,
+                                         note="deploy() not available"))  # fmt: skip
+
+    lt_spec = cfg.lightning_model or cfg.models[0]
+    log(f"lightning overhead: {lt_spec.name} ({cfg.lightning_rounds} rounds x {cfg.lightning_steps} steps)")
+    lt = measure_lightning(lt_spec, cfg)
+    raw["lightning"] = lt
+    ratios.append(make_ratio("lightning_overhead", lt["ratio"], LIGHTNING_TARGET, note=f"{lt_spec.name}, LN"))
+
+    dp_spec = cfg.data_model or cfg.models[0]
+    log(f"data path vs {dp_spec.name} training step")
+    dp = measure_data_path(dp_spec, cfg)
+    raw["data_path"] = dp
+    ratios.append(make_ratio("data_path", dp["ratio"], DATA_PATH_TARGET, op=">=", note=f"vs {dp_spec.name} training"))
+
+    fv = all(s == "fvcore" for s in flops_sources)
+    for spec in cfg.models:
+        tr = raw["train"][spec.name]
+        for v in cfg.train_variants:
+            ratios.append(make_ratio(f"throughput_vs_matmul/{spec.name}/{v}", tr["throughput_vs_matmul"][v], MATMUL_TARGET,
+                                     op=">=", note="fvcore FLOPs" if fv else "estimated FLOPs (2*params*tokens)"))  # fmt: skip
+
+    during = {"other_cpu_cores": _other_cores(counters, _cpu_counters()), "loadavg": loadavg()}
+    during["busy"] = bool(during["other_cpu_cores"] is not None and during["other_cpu_cores"] >= BUSY_OTHER_CORES)
+    if during["busy"]:
+        print(
+            f"WARNING: other processes used {during['other_cpu_cores']:.2f} cores on average during the benchmark; "
+            "figures are unreliable",
+            flush=True,
+        )
+    busy = bool(before["busy"] or during["busy"])
+    try:
+        import pytorch_lightning as pl
+
+        pl_version = pl.__version__
+    except ImportError:  # pragma: no cover
+        pl_version = None
+    result: dict[str, Any] = {
+        "schema": 1,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "mode": cfg.mode,
+        "machine": machine_info(),
+        "torch": torch.__version__,
+        "lightning": pl_version,
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "machine_busy": busy,
+        "loadavg": before["loadavg"],
+        "idle_check": {"before": before, "during": during, "busy_other_cores_threshold": BUSY_OTHER_CORES},
+        "flops_source": "fvcore (autonorm.eval.profile.count_flops, matrix products x2)"
+        if fv
+        else f"estimate 2*params*tokens: {sorted(flops_sources)}",
+        "deploy_available": deploy_seen,
+        "ratios": {r["name"]: r for r in ratios},
+        "all_pass": all(r["pass"] for r in ratios if not r["informational"]),
+        "raw": raw,
+        "config": asdict(cfg),
+        "elapsed_s": time.perf_counter() - t_start,
+        "method": {
+            "interleaving": "round-robin over the compared variants (rotating start), median over rounds of per-round ratios",
+            "train_step": "forward + cross-entropy + backward + AdamW step + zero_grad, fixed random fp32 batch, eager",
+            "inference": "eval(), torch.inference_mode(), forward of one batch",
+            "lightning_overhead": "start-to-start interval of consecutive training steps (callback on_train_batch_start "
+            "vs plain loop after fetching), warm-up steps dropped, medians",
+            "data_path": "BatchLoader full pass (shuffle, crop 4, flip, normalize) images/s over LN training images/s",
+            "throughput_vs_matmul": "3 x forward FLOPs x batch / step time over 2n^3 / matmul time (n x n fp32)",
+        },
+    }
+    if out is not None:
+        atomic_write_json(out, result)
+        result["out"] = str(out)
+    return result
+
+
+def print_report(result: dict[str, Any]) -> None:
+    """The RATIO lines, then a table (rich when installed, else plain text)."""
+    ratios = list(result["ratios"].values())
+    for r in ratios:
+        print(format_ratio_line(r), flush=True)
+    rows = [
+        (r["name"], f"{r['value']:.3f}", f"{r['op']} {r['target']:.2f}",
+         "info" if r["informational"] else ("PASS" if r["pass"] else "FAIL"), r["note"])
+        for r in ratios
+    ]  # fmt: skip
+    m = result["machine"]
+    title = (f"AutoNorm benchmark ({result['mode']}) on {m['cpu_model']}, {m['cores']} cores, "
+             f"{result['threads']} threads, torch {result['torch']}"
+             + (" [MACHINE BUSY: unreliable]" if result["machine_busy"] else ""))  # fmt: skip
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title)
+        for col in ("figure", "value", "target", "result", "note"):
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row)
+        Console(width=140).print(table)
+    except ImportError:
+        print(title)
+        widths = [max(len(str(row[i])) for row in rows + [("figure", "value", "target", "result", "note")]) for i in range(5)]
+        for row in [("figure", "value", "target", "result", "note")] + rows:
+            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    raw = result["raw"]
+    for name, tr in raw["train"].items():
+        steps = ", ".join(f"{v} {t * 1000:.1f}" for v, t in tr["median_step_s"].items())
+        print(f"{name} train step ms (batch {tr['batch']}): {steps}; matmul {tr['matmul_gflops']:.1f} GFLOP/s")
+    for name, inf in raw["inference"].items():
+        fw = ", ".join(f"{v} {t * 1000:.1f}" for v, t in inf["median_forward_s"].items())
+        print(f"{name} inference ms (batch {inf['batch']}): {fw}")
+    lt, dp = raw["lightning"], raw["data_path"]
+    print(f"lightning step ms: {lt['median_step_s']['lightning'] * 1000:.1f} vs plain {lt['median_step_s']['plain'] * 1000:.1f}")
+    print(f"data path: loader {dp['loader_images_per_s']:.0f} img/s vs training {dp['train_images_per_s']:.0f} img/s")
+    if "out" in result:
+        print(f"wrote {result['out']}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """CLI entry point; returns the exit code (0 even when targets are missed)."""
+    parser = argparse.ArgumentParser(description="AutoNorm performance benchmark (CPU, fp32, eager, interleaved).")
+    parser.add_argument("--quick", action="store_true", help="vit_micro only, fewer repetitions (< 2 min on 2 cores)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)})")
+    parser.add_argument("--models", default=None, help="comma-separated conf/model names (default vit_micro,vit_tiny)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(usable_cores())
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    cfg = default_config(quick=args.quick, models=models)
+    result = run_benchmark(cfg, Path(args.out))
+    print_report(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

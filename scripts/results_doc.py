@@ -1,0 +1,125 @@
+"""Write a results page (Markdown) from finished sweep folders: no number is typed by hand.
+
+    python scripts/results_doc.py outputs/table/full --title "Baseline table (full data)" --out docs/results_table_full.md
+
+Reads the runs with :func:`autonorm.pipeline.table.collect_runs`, renders the per-method table,
+states the machine, the budget (from the sweep's ``multirun.yaml``), the seeds and the wall time
+(first job start to last job end), and says which rows beat which: a row "beats" another when
+its mean test accuracy is higher by more than the sum of the two sample standard deviations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from datetime import datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from autonorm.pipeline.io import atomic_write_text  # noqa: E402
+from autonorm.pipeline.table import build_table, collect_runs, render_markdown  # noqa: E402
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
+
+
+def _budget(sweep: Path) -> str:
+    import yaml
+
+    path = sweep / "multirun.yaml"
+    if not path.exists():
+        return "(no multirun.yaml)"
+    cfg = yaml.safe_load(path.read_text())
+    t, tr, d = cfg.get("trainer", {}), cfg.get("transfer", {}), cfg.get("distill", {})
+    parts = [
+        f"data `{cfg.get('data', {}).get('name')}` (batch {cfg.get('data', {}).get('batch_size')})",
+        f"model `{cfg.get('model', {}).get('name')}`",
+        f"{t.get('max_epochs')} epochs" + (f" x {t.get('limit_train_batches')} batches" if t.get("limit_train_batches") else ""),
+        f"pretraining {tr.get('pretrain', {}).get('max_epochs')} epochs on `{tr.get('pretrain', {}).get('data')}`",
+        f"teacher {d.get('teacher', {}).get('max_epochs')} epochs",
+        f"lr {cfg.get('optim', {}).get('lr')}",
+    ]
+    overrides = cfg.get("hydra", {}).get("overrides", {}).get("task", [])
+    return "; ".join(parts) + (f"; command-line overrides: `{' '.join(overrides)}`" if overrides else "")
+
+
+def _wall_time(runs: list[dict]) -> str:
+    starts, ends = [], []
+    for r in runs:
+        d = Path(r["run_dir"])
+        if (d / ".hydra" / "config.yaml").exists():  # written by Hydra as the job starts
+            starts.append((d / ".hydra" / "config.yaml").stat().st_mtime)
+        for marker in ("COMPLETED", "FAILED"):
+            if (d / marker).exists():
+                ends.append((d / marker).stat().st_mtime)
+    if not starts or not ends:
+        return "unknown"
+    span = max(ends) - min(starts)
+    return f"{span / 60:.1f} min ({datetime.fromtimestamp(min(starts)):%Y-%m-%d %H:%M} to {datetime.fromtimestamp(max(ends)):%H:%M})"
+
+
+def comparisons(per_method: list[dict]) -> list[str]:
+    rows = [m for m in per_method if m.get("Test Acc")]
+    rows.sort(key=lambda m: -m["Test Acc"]["mean"])
+    lines = []
+    for i, a in enumerate(rows):
+        beaten, tied = [], []
+        for b in rows[i + 1 :]:
+            gap = a["Test Acc"]["mean"] - b["Test Acc"]["mean"]
+            spread = (a["Test Acc"]["std"] or 0.0) + (b["Test Acc"]["std"] or 0.0)
+            (beaten if gap > spread else tied).append(b["Method"])
+        text = f"- **{a['Method']}** ({100 * a['Test Acc']['mean']:.2f}% test)"
+        if beaten:
+            text += f" beats {', '.join(beaten)}"
+        if tied:
+            text += f"{';' if beaten else ''} is within the seeds' spread of {', '.join(tied)}"
+        lines.append(text + ".")
+    return lines
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep", type=Path)
+    ap.add_argument("--title", default="Baseline table")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args()
+    if not args.sweep.is_dir():
+        print(f"sweep folder not found: {args.sweep}", file=sys.stderr)
+        return 1
+    runs = collect_runs(args.sweep)
+    per_run, per_method = build_table(runs)
+    seeds = sorted({r["Seed"] for r in per_run if r["Seed"] is not None})
+    text = [
+        f"## {args.title}",
+        "",
+        f"- Machine: {_cpu()}; torch threads as set by the run; generated {datetime.now():%Y-%m-%d}.",
+        f"- Budget: {_budget(args.sweep)}.",
+        f"- Seeds: {', '.join(map(str, seeds))}; wall time of the whole sweep: {_wall_time(runs)}.",
+        f"- Source: `{args.sweep}` (rebuild with `python scripts/make_table.py {args.sweep}`).",
+        "",
+        render_markdown(per_run, per_method).split("\n", 1)[1].strip(),
+        "",
+        "### Which rows beat which (mean test accuracy gap larger than the sum of the two seed standard deviations)",
+        "",
+        *comparisons(per_method),
+        "",
+    ]
+    atomic_write_text(args.out, "\n".join(text))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Lightning callbacks and plugins of AutoNorm."""
+
+from autonorm.callbacks.checkpoint_io import AtomicCheckpointIO
+from autonorm.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
+from autonorm.callbacks.norm_logging import GradNormRecorder, NormStateLogger
+from autonorm.callbacks.resume import RNGStateCallback, StepCheckpoint, TrainLoaderStateCallback
+from autonorm.callbacks.temperature import TemperatureScheduler
+from autonorm.callbacks.time_to_accuracy import TimeToAccuracy
+
+__all__ = [
+    "AtomicCheckpointIO",
+    "GradNormRecorder",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "NormStateLogger",
+    "RNGStateCallback",
+    "StepCheckpoint",
+    "TrainLoaderStateCallback",
+    "TemperatureScheduler",
+    "TimeToAccuracy",
+]

@@ -1,0 +1,76 @@
+"""Record what the norms do during training: gate values, DyT alpha, AFN lambdas, gradient norms."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Optional
+
+import pytorch_lightning as pl
+import torch
+
+from autonorm.norms import norm_state
+
+
+class NormStateLogger(pl.Callback):
+    """Log :func:`autonorm.norms.norm_state` (per norm point) every ``every_n_steps`` steps.
+
+    With Gumbel gates the logged training gate mean is the frequency of hard LN choices.
+    """
+
+    def __init__(self, every_n_steps: int = 25) -> None:
+        self.every_n_steps = max(1, int(every_n_steps))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step % self.every_n_steps == 0:
+            model = getattr(pl_module, "model", pl_module)
+            state = norm_state(model)
+            state.pop("tau", None)  # logged by TemperatureScheduler
+            if state:
+                pl_module.log_dict(state, on_step=True, on_epoch=False)
+
+
+class GradNormRecorder(pl.Callback):
+    """Gradient L2 norm per layer (patch embedding, each block, final norm, head) over steps.
+
+    Written to ``<out_dir>/grad_norms.json`` as ``{"steps": [...], "layers": {name: [...]}}``
+    at the end of fit; the gradient heatmap plot reads it.
+    """
+
+    def __init__(self, out_dir: str, every_n_steps: int = 10) -> None:
+        self.out_dir = Path(out_dir)
+        self.every_n_steps = max(1, int(every_n_steps))
+        self.steps: list[int] = []
+        self.layers: dict[str, list[float]] = defaultdict(list)
+
+    @staticmethod
+    def _layer_of(name: str) -> str:
+        parts = name.split(".")
+        return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if trainer.global_step % self.every_n_steps:
+            return
+        model = getattr(pl_module, "model", pl_module)
+        sq: dict[str, float] = defaultdict(float)
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                sq[self._layer_of(name)] += float(p.grad.detach().float().pow(2).sum())
+        self.steps.append(int(trainer.global_step))
+        for layer, v in sq.items():
+            self.layers[layer].append(v**0.5)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps, "layers": dict(self.layers)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = list(state_dict.get("steps", []))
+        self.layers = defaultdict(list, {k: list(v) for k, v in state_dict.get("layers", {}).items()})
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.is_global_zero:
+            from autonorm.pipeline.io import atomic_write_json
+
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out_dir / "grad_norms.json", self.state_dict())

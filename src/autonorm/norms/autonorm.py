@@ -1,0 +1,148 @@
+"""AutoNorm: a per-sample, learned mixture of LayerNorm and Dynamic Tanh."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .dyt import DyT
+from .fused import blend_fused, blend_reference, call_compiled, check_impl
+from .gates import GumbelGate, SoftGate
+from .ln import LayerNorm
+
+GATES: tuple[str, ...] = ("soft", "gumbel")
+FREEZE_BRANCHES: tuple[Optional[str], ...] = (None, "ln", "dyt")
+
+
+class AutoNorm(nn.Module):
+    """Adaptive normalization that lets each sample choose between LayerNorm and DyT.
+
+    Method
+    ------
+    For tokens ``x`` of shape (B, N, C) the layer keeps two normalization branches,
+
+    * ``LN(x)``  -- LayerNorm over channels (statistics per token), and
+    * ``DyT(x) = weight * tanh(alpha * x) + bias`` -- Dynamic Tanh (Zhu et al., 2025,
+      "Transformers without Normalization"), a statistics-free element-wise squashing,
+
+    and a small gate that looks at the per-sample summary ``h = x.mean(dim=1)`` (B, C), the mean
+    over tokens of the layer's input, and returns a mixing weight ``a`` (B,) in [0, 1]:
+
+        out = a * LN(x) + (1 - a) * DyT(x),        a broadcast as (B, 1, 1).
+
+    Gates (``gate=``):
+
+    * ``"soft"``:   ``a = sigmoid(w^T h + b)`` (a continuous blend, strictly inside (0, 1));
+    * ``"gumbel"``: two logits, straight-through Gumbel-softmax with temperature ``tau`` in
+      training (``a`` exactly 0 or 1 per sample, i.e. a hard choice of one branch, with
+      gradients through the relaxation) and deterministic argmax in eval.
+
+    ``gate_hidden > 0`` makes the gate a Linear-GELU-Linear MLP instead of one Linear. Gates are
+    initialised so that ``a`` starts near 0.5 (soft) / the two logits start almost equal (gumbel).
+
+    Baselines via ``freeze_branch``: ``"ln"`` freezes the LayerNorm branch's parameters
+    (``requires_grad=False``; the "OnlyDyT" baseline) and ``"dyt"`` freezes DyT's parameters
+    (the "OnlyLayerNorm" baseline). The gate itself always stays trainable.
+
+    Analysis hooks: ``last_gate`` holds a detached copy (B,) of the last forward's ``a`` (None
+    before the first forward); setting ``gate_override`` to a float in [0, 1] makes ``a`` that
+    constant for every sample (the gate is then not evaluated; 1.0 returns exactly ``LN(x)``,
+    0.0 exactly ``DyT(x)``). ``None`` restores the learned gate.
+
+    Cost: ``h`` is computed once from ``x`` (one reduction over tokens), both branches are
+    evaluated once, and the blend is a single fused ``torch.lerp``.
+
+    ``impl`` selects how the blend is computed (the gate is always plain PyTorch; see
+    :mod:`autonorm.norms.fused`): ``"eager"`` (the reference above), ``"fused"`` (one custom
+    autograd Function for ``a LN(x) + (1-a) DyT(x)`` with an analytic backward, equal up to float
+    rounding) or ``"compiled"`` (``torch.compile`` of the eager blend, lazily, eager fallback on
+    failure). The inner ``.dyt`` uses the same ``impl``. For inference, see
+    :func:`autonorm.norms.deploy.deploy_model` (per-sample dispatch for hard gates).
+    """
+
+    last_gate: Optional[torch.Tensor]
+    impl: str = "eager"
+
+    def __init__(
+        self,
+        dim: int,
+        gate: str = "soft",
+        alpha_init: float = 0.5,
+        gate_hidden: int = 0,
+        freeze_branch: Optional[str] = None,
+        eps: float = 1e-6,
+        impl: str = "eager",
+    ) -> None:
+        super().__init__()
+        if int(dim) <= 0:
+            raise ValueError(f"dim must be a positive integer, got dim={dim!r}")
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {list(GATES)}, got gate={gate!r}")
+        if freeze_branch not in FREEZE_BRANCHES:
+            raise ValueError(
+                f"freeze_branch must be one of {list(FREEZE_BRANCHES)}, got freeze_branch={freeze_branch!r}"
+            )
+        if int(gate_hidden) < 0:
+            raise ValueError(f"gate_hidden must be >= 0, got gate_hidden={gate_hidden!r}")
+        self.impl = check_impl(impl)
+        self.dim = int(dim)
+        self.gate_type = gate
+        self.freeze_branch = freeze_branch
+        self.ln = LayerNorm(self.dim, eps=eps)
+        self.dyt = DyT(self.dim, alpha_init=alpha_init, impl=self.impl)
+        self.gate: nn.Module = (
+            SoftGate(self.dim, hidden=int(gate_hidden))
+            if gate == "soft"
+            else GumbelGate(self.dim, hidden=int(gate_hidden))
+        )
+        if freeze_branch is not None:
+            branch = self.ln if freeze_branch == "ln" else self.dyt
+            for p in branch.parameters():
+                p.requires_grad_(False)
+        self.last_gate = None
+        self._gate_override: Optional[float] = None
+
+    @property
+    def gate_override(self) -> Optional[float]:
+        """None (use the learned gate) or a constant ``a`` in [0, 1] for every sample."""
+        return self._gate_override
+
+    @gate_override.setter
+    def gate_override(self, value: Optional[float]) -> None:
+        if value is not None:
+            value = float(value)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"gate_override must be None or in [0, 1], got gate_override={value!r}")
+        self._gate_override = value
+
+    def gate_values(self, x: torch.Tensor) -> torch.Tensor:
+        """The mixing weight ``a`` (B,) for input ``x`` (B, N, C), honouring ``gate_override``."""
+        if self._gate_override is not None:
+            return x.new_full((x.shape[0],), self._gate_override)
+        return self.gate(x.mean(dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, N, C) -> ``a * LN(x) + (1 - a) * DyT(x)`` of the same shape."""
+        if x.dim() != 3:
+            raise ValueError(f"AutoNorm expects tokens of shape (B, N, C), got shape {tuple(x.shape)}")
+        a = self.gate_values(x)
+        self.last_gate = a.detach()
+        if self._gate_override == 1.0:
+            return self.ln(x)
+        if self._gate_override == 0.0:
+            return self.dyt(x)
+        if self.impl != "eager":
+            args = (x, a, self.ln.weight, self.ln.bias, self.ln.eps, self.dyt.alpha, self.dyt.weight, self.dyt.bias)
+            if self.impl == "fused":
+                return blend_fused(*args)
+            return call_compiled(blend_reference, *args)
+        ln_out = self.ln(x)
+        dyt_out = self.dyt(x)
+        dtype = torch.promote_types(ln_out.dtype, dyt_out.dtype)
+        # lerp(start, end, w) = start + w * (end - start), exact at w = 0 and w = 1.
+        return torch.lerp(dyt_out.to(dtype), ln_out.to(dtype), a.to(dtype).view(-1, 1, 1))
+
+    def extra_repr(self) -> str:
+        impl = "" if self.impl == "eager" else f", impl={self.impl!r}"
+        return f"{self.dim}, gate={self.gate_type!r}, freeze_branch={self.freeze_branch!r}{impl}"

@@ -1,0 +1,326 @@
+"""Inference deployment: replace every norm point by its fastest equivalent for eval mode.
+
+:func:`deploy_model` (and :meth:`autonorm.models.VisionTransformer.deploy`) returns a deep copy in
+eval mode whose norm modules are replaced as follows; the original model is left untouched.
+
+* :class:`~autonorm.norms.LayerNorm` stays (aten's fused kernel is already one pass).
+* :class:`~autonorm.norms.DyT` -> :class:`DeployedDyT`: ``(2w) * sigmoid(2 alpha x) + (b - w)``
+  with the constants precomputed, one allocation, the rest in place (``tanh(z) = 2 sigmoid(2z) - 1``
+  exactly; on CPU ``torch.sigmoid`` is several times faster than ``torch.tanh``).
+* :class:`~autonorm.norms.AFN` -> :class:`DeployedAffine`: in eval the running statistics are
+  constants, hence so are the encoder-decoders' outputs; ``scale`` and ``shift`` are computed once
+  (:meth:`AFN.eval_affine`) and the layer becomes ``x * scale + shift`` (bit-identical to AFN's eval
+  forward, which ends with the same multiply-add).
+* :class:`~autonorm.norms.AutoNorm` with a soft gate (or a constant ``gate_override`` strictly
+  inside (0, 1)) -> :class:`DeployedBlend`: the gate as before, then ``a LN(x) + (1-a) DyT(x)`` in
+  one pass-minimising expression (:func:`~autonorm.norms.fused.blend_inference`).
+* :class:`~autonorm.norms.AutoNorm` with a Gumbel (hard) gate -> :class:`DeployedDispatch`: the
+  eval gate is a per-sample argmax, so each sample uses exactly one branch; the module computes
+  the decision, runs the branch most samples chose on the batch and the other branch only on the
+  samples that chose it (``index_select``), overwriting their rows (``index_copy_``); when the
+  whole batch chose one branch only that branch runs.
+  Exact for every input: the decision is computed by the very same ops as the undeployed gate.
+* ``gate_override`` 1.0 / 0.0 -> the LayerNorm / :class:`DeployedDyT` alone (as in eager).
+
+Calibrated specialisation (opt-in, NOT exact in general)
+--------------------------------------------------------
+Whether a hard-gated norm point always makes the same choice depends on its input, so it cannot
+be established in general. ``deploy_model(model, calibration=x, assume_constant=True)`` runs the
+calibration inputs through the deployed copy, records each dispatch point's decisions and replaces
+every point that chose the same branch for ALL calibration samples by that branch alone (no gate).
+The result is exact only for inputs that make the same choices; inputs that would have picked the
+other branch get the wrong branch silently. The default (``assume_constant=False``) never does
+this; with calibration inputs but without ``assume_constant`` the decisions are only recorded in
+``deployed.deploy_info`` (a dict: per norm point its kind and, if calibrated, the fraction of
+samples that chose LN).
+
+Exactness: outputs equal the undeployed model's eval outputs up to float rounding (~1e-7 relative
+for DyT branches through the sigmoid identity; bit-identical for LN and AFN). Deployed modules
+always behave as in eval mode (the Gumbel gate's argmax, AFN's running statistics), even after
+``.train()``; the copy is meant for inference, not for further training, and its parameters
+have ``requires_grad=False`` (gradients with respect to the input still work).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable, Optional, Union
+
+import torch
+from torch import nn
+
+from .afn import AFN
+from .autonorm import AutoNorm
+from .dyt import DyT
+from .fused import blend_fused
+from .gates import GumbelGate
+
+Calibration = Union[torch.Tensor, Iterable[Any]]
+
+
+class DeployedDyT(nn.Module):
+    """Inference DyT ``(2w) * sigmoid(2 alpha x) + (b - w)`` == ``w * tanh(alpha x) + b``."""
+
+    two_alpha: torch.Tensor
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+    def __init__(self, dyt: DyT) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.register_buffer("two_alpha", dyt.alpha.detach() * 2)
+            self.register_buffer("scale", dyt.weight.detach() * 2)
+            self.register_buffer("shift", dyt.bias.detach() - dyt.weight.detach())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (..., C) -> DyT(x), one new tensor."""
+        s = torch.mul(x, self.two_alpha)
+        s.sigmoid_()
+        if torch.is_grad_enabled() and s.requires_grad:  # out= does not support autograd
+            return torch.addcmul(self.shift, s, self.scale)
+        return torch.addcmul(self.shift, s, self.scale, out=s)  # in place
+
+    def extra_repr(self) -> str:
+        return f"{self.scale.numel()}, alpha={float(self.two_alpha[0]) / 2:.4g}"
+
+
+class DeployedAffine(nn.Module):
+    """Eval-mode AFN as the per-channel affine map ``x * scale + shift`` (float32, x's dtype out)."""
+
+    scale: torch.Tensor
+    shift: torch.Tensor
+
+    def __init__(self, afn: AFN) -> None:
+        super().__init__()
+        scale, shift = afn.eval_affine()
+        self.register_buffer("scale", scale.detach().clone())
+        self.register_buffer("shift", shift.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (..., C) -> ``x * scale + shift`` in one multiply-add."""
+        return torch.addcmul(self.shift, x.float(), self.scale).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.scale.numel()}"
+
+
+class _DeployedAutoNormBase(nn.Module):
+    """Shared parts: the LayerNorm and DyT parameters of an AutoNorm, and ``last_gate``."""
+
+    last_gate: Optional[torch.Tensor]
+
+    def __init__(self, autonorm: AutoNorm) -> None:
+        super().__init__()
+        self.dim = autonorm.dim
+        self.ln = autonorm.ln
+        self.dyt = DeployedDyT(autonorm.dyt)
+        self.last_gate = None
+
+    def _summary(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3:
+            raise ValueError(f"AutoNorm expects tokens of shape (B, N, C), got shape {tuple(x.shape)}")
+        return x.mean(dim=1)  # the same op as AutoNorm.gate_values, so the same bits
+
+
+class DeployedBlend(_DeployedAutoNormBase):
+    """Soft-gated AutoNorm for inference: ``a LN(x) + (1-a) DyT(x)`` in one fused expression.
+
+    ``constant`` (a float in (0, 1)) replaces the gate, as ``gate_override`` does.
+    """
+
+    def __init__(self, autonorm: AutoNorm, constant: Optional[float] = None) -> None:
+        super().__init__(autonorm)
+        self.constant = constant
+        self.gate = autonorm.gate if constant is None else None
+        dyt = autonorm.dyt
+        self.alpha = dyt.alpha
+        self.dyt_weight = dyt.weight
+        self.dyt_bias = dyt.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, N, C) -> ``a LN(x) + (1 - a) DyT(x)``."""
+        if self.constant is not None:
+            a = x.new_full((x.shape[0],), self.constant)
+        else:
+            a = self.gate(self._summary(x))  # type: ignore[misc]
+        self.last_gate = a.detach()
+        return blend_fused(  # blend_inference without autograd, BlendFunction with
+            x, a, self.ln.weight, self.ln.bias, self.ln.eps, self.alpha, self.dyt_weight, self.dyt_bias
+        )
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, gate={'constant %g' % self.constant if self.constant is not None else 'soft'}"
+
+
+class DeployedDispatch(_DeployedAutoNormBase):
+    """Hard-gated (Gumbel) AutoNorm for inference: per-sample dispatch to exactly one branch.
+
+    The decision ``logit_LN >= logit_DyT`` is the eval gate's argmax. The majority branch runs on
+    the whole batch (one dense output buffer, which on CPU is cheaper than scattering two partial
+    results into a fresh one) and the minority branch only on its samples, whose rows are then
+    overwritten. While ``recording`` is True the module counts decisions in ``counts``
+    (``[n_ln, n_dyt]``) for calibration.
+    """
+
+    def __init__(self, autonorm: AutoNorm) -> None:
+        super().__init__(autonorm)
+        if not isinstance(autonorm.gate, GumbelGate):
+            raise TypeError("DeployedDispatch needs an AutoNorm with a Gumbel (hard) gate")
+        self.gate = autonorm.gate
+        self.recording = False
+        self.counts = [0, 0]
+
+    def decisions(self, x: torch.Tensor) -> torch.Tensor:
+        """Boolean (B,): True where the sample uses the LayerNorm branch (eval argmax)."""
+        logits = self.gate.logits(self._summary(x))
+        return logits[:, 0] >= logits[:, 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B, N, C) -> LN(x_b) or DyT(x_b) per sample ``b``."""
+        choose_ln = self.decisions(x)
+        self.last_gate = choose_ln.to(x.dtype)
+        n_ln = int(choose_ln.sum())
+        b = x.shape[0]
+        if self.recording:
+            self.counts[0] += n_ln
+            self.counts[1] += b - n_ln
+        if n_ln == b:
+            return self.ln(x)
+        if n_ln == 0:
+            return self.dyt(x)
+        # Run the majority branch on the whole batch (its output buffer is written once, densely),
+        # then overwrite the minority's rows with the other branch applied to those rows only.
+        # Rows are independent in both branches, so every row equals its own branch's output.
+        majority_ln = 2 * n_ln >= b
+        out = self.ln(x) if majority_ln else self.dyt(x)
+        minority = (~choose_ln if majority_ln else choose_ln).nonzero().squeeze(1)
+        rows = x.index_select(0, minority)
+        fixed = self.dyt(rows) if majority_ln else self.ln(rows)
+        if fixed.dtype != out.dtype:
+            dtype = torch.promote_types(out.dtype, fixed.dtype)
+            out, fixed = out.to(dtype), fixed.to(dtype)
+        return out.index_copy_(0, minority, fixed)
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, gate='gumbel (per-sample dispatch)'"
+
+
+# ----------------------------------------------------------------------------------- conversion
+def deploy_module(module: nn.Module) -> Optional[nn.Module]:
+    """The inference replacement of one norm module, or None when it stays as it is."""
+    if isinstance(module, AutoNorm):
+        override = module.gate_override
+        if override == 1.0:
+            return module.ln
+        if override == 0.0:
+            return DeployedDyT(module.dyt)
+        if override is not None:
+            return DeployedBlend(module, constant=override)
+        if isinstance(module.gate, GumbelGate):
+            return DeployedDispatch(module)
+        return DeployedBlend(module)
+    if isinstance(module, DyT):
+        return DeployedDyT(module)
+    if isinstance(module, AFN):
+        return DeployedAffine(module)
+    return None
+
+
+def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, attr, new)
+
+
+def _replace_norms(model: nn.Module) -> dict[str, dict[str, Any]]:
+    """Replace every norm inside ``model`` in place (top-down); returns the per-point info."""
+    info: dict[str, dict[str, Any]] = {}
+    replaced: list[str] = []
+    for name, module in list(model.named_modules()):
+        if any(name.startswith(prefix + ".") for prefix in replaced):
+            continue  # inside a replaced AutoNorm
+        new = deploy_module(module)
+        if new is None:
+            continue
+        if not name:
+            raise TypeError("deploy the model that contains the norm, not the norm itself (use deploy_module)")
+        _set_submodule(model, name, new)
+        replaced.append(name)
+        info[name] = {"from": type(module).__name__, "to": type(new).__name__}
+    return info
+
+
+def _batches(calibration: Calibration) -> Iterable[torch.Tensor]:
+    if isinstance(calibration, torch.Tensor):
+        yield calibration
+        return
+    for item in calibration:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, calibration: Calibration) -> dict[str, tuple[int, int]]:
+    """Run ``calibration`` (a tensor, or an iterable of tensors / (x, y) batches) through the
+    deployed ``model`` and return ``{name: (n_ln, n_dyt)}`` for every :class:`DeployedDispatch`."""
+    points = {n: m for n, m in model.named_modules() if isinstance(m, DeployedDispatch)}
+    for m in points.values():
+        m.recording, m.counts = True, [0, 0]
+    try:
+        for xb in _batches(calibration):
+            model(xb)
+    finally:
+        for m in points.values():
+            m.recording = False
+    return {n: (m.counts[0], m.counts[1]) for n, m in points.items()}
+
+
+def deploy_model(
+    model: nn.Module,
+    calibration: Optional[Calibration] = None,
+    assume_constant: bool = False,
+) -> nn.Module:
+    """A deep copy of ``model`` in eval mode with every norm replaced by its inference form.
+
+    Args:
+        model: any module containing LayerNorm / DyT / AutoNorm / AFN norm points (left untouched).
+        calibration: optional inputs (a tensor, or an iterable of tensors or ``(x, y)`` batches)
+            whose per-point hard-gate decisions are recorded in ``deploy_info``.
+        assume_constant: with ``calibration``, replace every hard-gated point that chose one
+            branch for all calibration samples by that branch. Exact ONLY for inputs that make the
+            same choices (see the module docstring); off by default.
+
+    Returns:
+        The deployed copy, with ``deploy_info`` ``{norm name: {"from", "to"[, "ln_fraction",
+        "specialised"]}}``.
+    """
+    if assume_constant and calibration is None:
+        raise ValueError("assume_constant=True needs calibration inputs (deploy(calibration=x, assume_constant=True))")
+    deployed = copy.deepcopy(model).eval()
+    deployed.requires_grad_(False)
+    info = _replace_norms(deployed)
+    deployed.eval()
+    if calibration is not None:
+        counts = calibrate(deployed, calibration)
+        for name, (n_ln, n_dyt) in counts.items():
+            entry = info.setdefault(name, {})
+            total = n_ln + n_dyt
+            entry["ln_fraction"] = n_ln / total if total else float("nan")
+            entry["specialised"] = None
+            if assume_constant and total and (n_ln == 0 or n_dyt == 0):
+                point = deployed.get_submodule(name)
+                branch = point.ln if n_dyt == 0 else point.dyt
+                _set_submodule(deployed, name, branch)
+                entry["specialised"] = "ln" if n_dyt == 0 else "dyt"
+                entry["to"] = type(branch).__name__
+    deployed.deploy_info = info  # type: ignore[assignment]
+    return deployed
+
+
+__all__ = [
+    "DeployedAffine",
+    "DeployedBlend",
+    "DeployedDispatch",
+    "DeployedDyT",
+    "calibrate",
+    "deploy_model",
+    "deploy_module",
+]

@@ -1,0 +1,149 @@
+"""The pipeline's phases: which task a run trains, and the cached runs it builds on.
+
+A transfer run needs the MNIST-pretrained student of its own norm / gate / model; a distilled
+run also needs a teacher. With ``pretrained: auto`` both come from the phase cache
+(:class:`autonorm.pipeline.PhaseCache`, under ``paths.cache_dir``), keyed by a hash of
+everything that shapes the weights (norm, gate, model, data, seed, epochs, optimiser, code
+version). On a miss the phase is trained here, in the same job, under a file lock, so parallel
+sweep jobs that need the same pretraining train it once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from autonorm.callbacks import AtomicCheckpointIO, NonFiniteLossGuard, TemperatureScheduler
+from autonorm.config import ConfigError
+from autonorm.pipeline.cache import PhaseCache, config_key
+from autonorm.tasks import ClassificationTask, DistillTask, TransferTask, load_model_checkpoint, load_weights, model_state, read_checkpoint
+
+log = logging.getLogger("autonorm")
+
+#: Bump when a change to the model or norm code makes old cached checkpoints stale.
+CODE_VERSION = "1"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def _container(node: Any) -> dict[str, Any]:
+    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
+
+
+def load_group(group: str, option: str) -> DictConfig:
+    """One option of a config group, e.g. ``load_group("data", "mnist")``."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    if not path.is_file():
+        choices = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+        raise ConfigError(f"{group}={option} is not a known option; choose one of {', '.join(choices)}")
+    return OmegaConf.load(path)
+
+
+def derive(cfg: DictConfig, **groups: Any) -> DictConfig:
+    """A copy of ``cfg`` with whole groups replaced (``data="mnist"``, ``trainer={...}``)."""
+    new = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    for group, value in groups.items():
+        new[group] = load_group(group, value) if isinstance(value, str) else value
+    return new
+
+
+def _task_kwargs(cfg: DictConfig, num_classes: int) -> dict[str, Any]:
+    return {
+        "model_cfg": _container(cfg.model),
+        "norm_cfg": _container(cfg.norm),
+        "num_classes": int(num_classes),
+        "optim": _container(cfg.optim),
+        "compile": bool(cfg.trainer.get("compile", False)),
+    }
+
+
+def fit_phase(cfg: DictConfig, out_dir: Path) -> None:
+    """Train a plain classification run of ``cfg`` and save it as ``out_dir/model.ckpt``."""
+    pl.seed_everything(int(cfg.seed), workers=True)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    task = ClassificationTask(**_task_kwargs(cfg, datamodule.num_classes))
+    tcfg = _container(cfg.trainer)
+    tcfg.pop("compile", None)
+    tcfg.update(default_root_dir=str(out_dir), enable_checkpointing=False, logger=False)
+    callbacks = [NonFiniteLossGuard(), TemperatureScheduler(cfg.gate.tau_start, cfg.gate.tau_end, cfg.gate.schedule)]
+    callbacks.append(pl.callbacks.RichProgressBar())
+    trainer = instantiate(tcfg, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    trainer.fit(task, datamodule=datamodule)
+    trainer.save_checkpoint(str(out_dir / "model.ckpt"))
+
+
+def _cached_phase(cfg: DictConfig, phase: str, pcfg: DictConfig) -> Path:
+    key_parts = {
+        "phase": phase,
+        "code": CODE_VERSION,
+        "norm": _container(pcfg.norm),
+        "gate": _container(pcfg.gate) if pcfg.norm.name == "autonorm" else None,
+        "model": _container(pcfg.model),
+        "data": {k: v for k, v in _container(pcfg.data).items() if k != "root"},
+        "seed": int(pcfg.seed),
+        "max_epochs": pcfg.trainer.max_epochs,
+        "max_steps": pcfg.trainer.get("max_steps", -1),
+        "limit_train_batches": pcfg.trainer.get("limit_train_batches"),
+        "optim": _container(pcfg.optim),
+    }
+    key = config_key(key_parts)
+    cache = PhaseCache(cfg.paths.cache_dir)
+    print(f"[{phase}] cache key {key} ({'hit' if cache.get(phase, key) else 'miss: training it now'})")
+    return cache.get_or_create(phase, key, lambda tmp: fit_phase(pcfg, Path(tmp)), meta=key_parts)
+
+
+def pretrain_config(cfg: DictConfig) -> DictConfig:
+    """The student's pretraining run: same norm / gate / model / seed, on ``transfer.pretrain.data``."""
+    trainer = OmegaConf.create(_container(cfg.trainer))
+    trainer.max_epochs = int(cfg.transfer.pretrain.max_epochs)
+    pcfg = derive(cfg, data=str(cfg.transfer.pretrain.data), trainer=trainer)
+    subset = cfg.transfer.pretrain.get("train_subset")
+    if subset is not None:  # a smaller pretraining budget (e.g. for quick full-data tables)
+        pcfg.data.train_subset = int(subset)
+    return pcfg
+
+
+def teacher_config(cfg: DictConfig) -> DictConfig:
+    """The teacher: a larger LN ViT trained on the run's own data."""
+    trainer = OmegaConf.create(_container(cfg.trainer))
+    trainer.max_epochs = int(cfg.distill.teacher.max_epochs)
+    teacher = derive(cfg, model=str(cfg.distill.teacher.model), norm="ln", trainer=trainer)
+    return teacher
+
+
+def resolve_pretrained(cfg: DictConfig) -> Path:
+    spec = str(cfg.transfer.pretrained)
+    return _cached_phase(cfg, "student", pretrain_config(cfg)) if spec == "auto" else Path(spec)
+
+
+def resolve_teacher(cfg: DictConfig) -> Path:
+    spec = str(cfg.distill.teacher.pretrained)
+    return _cached_phase(cfg, "teacher", teacher_config(cfg)) if spec == "auto" else Path(spec)
+
+
+def build_task(cfg: DictConfig, num_classes: int) -> pl.LightningModule:
+    """The LightningModule for ``cfg``: classify, transfer (freeze | finetune), or distill."""
+    mode = cfg.transfer.mode
+    kd = cfg.distill.mode == "kd"
+    kwargs = _task_kwargs(cfg, num_classes)
+    if mode == "none" and not kd:
+        return ClassificationTask(**kwargs)
+    kwargs.update(mode=mode, frozen_blocks=int(cfg.transfer.get("frozen_blocks", 0)), freeze_gates=bool(cfg.transfer.get("freeze_gates", False)))
+    if kd:
+        task: TransferTask = DistillTask(**kwargs, temperature=float(cfg.distill.temperature), weight=float(cfg.distill.weight))
+    else:
+        task = TransferTask(**kwargs)
+    if mode != "none":
+        path = resolve_pretrained(cfg)
+        copied = load_weights(task.model, model_state(read_checkpoint(path)), skip_prefixes=("head.",), source=str(path))
+        print(f"Transferred {len(copied)} tensors from {path} (new {num_classes}-class head)")
+    if kd:
+        assert isinstance(task, DistillTask)
+        task.set_teacher(load_model_checkpoint(resolve_teacher(cfg)))
+    return task

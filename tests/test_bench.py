@@ -1,0 +1,105 @@
+"""The benchmark's measurement functions on a tiny config: JSON shape and RATIO line format only.
+
+Never asserts on absolute times or on meeting targets (CPU timings depend on the machine's load).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RATIO_RE = re.compile(r"^RATIO (\S+) (\d+\.\d{3}) \(target (<=|>=) (\d+\.\d{2})\)$")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("autonorm_bench_script", REPO / "scripts" / "bench.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(spec.name, None)
+
+
+def _tiny_config(bench):
+    model_cfg = {
+        "name": "tiny_test",
+        "_target_": "autonorm.models.VisionTransformer",
+        "img_size": 32,
+        "patch_size": 8,
+        "in_chans": 3,
+        "embed_dim": 16,
+        "depth": 1,
+        "num_heads": 2,
+        "mlp_ratio": 2.0,
+        "drop_rate": 0.0,
+    }
+    spec = bench.ModelSpec("tiny_test", model_cfg, train_batch=8, rounds=2, steps_per_round=1, warmup=1)
+    return bench.BenchConfig(
+        models=[spec], mode="test", infer_batch=8, infer_rounds=2, infer_iters_per_round=1, infer_warmup=1,
+        lightning_model=spec, lightning_steps=5, lightning_skip=1, lightning_rounds=2,
+        data_model=spec, data_batches_per_pass=3, data_rounds=2, data_train_steps_per_round=1,
+        matmul_n=64, idle_sample_s=0.1,
+    )  # fmt: skip
+
+
+def test_tiny_benchmark_json_and_ratio_lines(bench, tmp_path, capsys):
+    out = tmp_path / "bench" / "bench.json"
+    result = bench.run_benchmark(_tiny_config(bench), out=out, log=lambda msg: None)
+    data = json.loads(out.read_text())
+
+    expected = {f"train_step/tiny_test/{v}" for v in ("dyt", "autonorm_soft", "autonorm_gumbel", "afn")}
+    prefix = "inference_deployed" if data["deploy_available"] else "inference"
+    expected |= {f"{prefix}/tiny_test/{v}" for v in ("dyt", "autonorm_soft", "autonorm_gumbel")}
+    expected |= {"lightning_overhead", "data_path"}
+    expected |= {f"throughput_vs_matmul/tiny_test/{v}" for v in ("ln", "dyt", "autonorm_soft", "autonorm_gumbel", "afn")}
+    assert expected <= set(data["ratios"])
+    for name, r in data["ratios"].items():
+        assert r["name"] == name
+        assert r["value"] > 0 and r["target"] > 0
+        assert r["op"] in ("<=", ">=")
+        assert isinstance(r["pass"], bool)
+    assert data["ratios"]["data_path"]["op"] == ">="
+    assert data["ratios"]["lightning_overhead"]["target"] == pytest.approx(1.03)
+
+    for key in ("machine", "torch", "threads", "date", "machine_busy", "loadavg", "raw", "flops_source"):
+        assert key in data
+    assert data["machine"]["cores"] >= 1 and data["machine"]["cpu_model"]
+    assert isinstance(data["machine_busy"], bool)
+    assert data["raw"]["train"]["tiny_test"]["matmul_gflops"] > 0
+    assert all(t > 0 for t in data["raw"]["train"]["tiny_test"]["median_step_s"].values())
+    assert data["raw"]["lightning"]["median_step_s"]["plain"] > 0
+
+    capsys.readouterr()
+    bench.print_report(result)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("RATIO")]
+    assert len(lines) == len(data["ratios"])
+    for ln in lines:
+        assert RATIO_RE.match(ln), ln
+
+
+def test_format_ratio_line(bench):
+    r = bench.make_ratio("train_step/vit_micro/dyt", 0.98765, 1.0)
+    assert bench.format_ratio_line(r) == "RATIO train_step/vit_micro/dyt 0.988 (target <= 1.00)"
+    assert r["pass"] is True
+    r = bench.make_ratio("data_path", 7.5, 10, op=">=")
+    assert bench.format_ratio_line(r) == "RATIO data_path 7.500 (target >= 10.00)"
+    assert r["pass"] is False
+    with pytest.raises(ValueError):
+        bench.make_ratio("x", 1.0, 1.0, op="<")
+
+
+def test_round_robin_and_idle_check(bench):
+    calls = []
+    times = bench.round_robin({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=2, reps={"a": 2, "b": 1}, warmup=1)
+    assert calls == ["a", "b", "a", "a", "b", "b", "a", "a"]  # warm-up, then the opening unit rotates
+    assert [len(r) for r in times["a"]] == [2, 2] and [len(r) for r in times["b"]] == [1, 1]
+    idle = bench.check_idle(0.05)
+    assert set(idle) >= {"other_cpu_cores", "loadavg", "busy", "cores"}
+    assert isinstance(idle["busy"], bool)

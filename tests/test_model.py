@@ -1,0 +1,82 @@
+"""The ViT with every norm: it learns, attention maps are real, optimizer groups are right."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autonorm.build import build_model
+from autonorm.data import ImageDataModule
+from autonorm.norms import AFN, AutoNorm, DyT, LayerNorm
+from autonorm.tasks import ClassificationTask
+
+MODEL = {"_target_": "autonorm.models.VisionTransformer", "embed_dim": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "patch_size": 8}
+NORMS = {
+    "ln": {"_target_": "autonorm.norms.LayerNorm"},
+    "dyt": {"_target_": "autonorm.norms.DyT", "alpha_init": 0.5},
+    "autonorm-soft": {"_target_": "autonorm.norms.AutoNorm", "gate": "soft"},
+    "autonorm-gumbel": {"_target_": "autonorm.norms.AutoNorm", "gate": "gumbel"},
+    "afn": {"_target_": "autonorm.norms.AFN"},
+}
+OPTIM = {"lr": 3e-3, "weight_decay": 0.05, "warmup_epochs": 0.0, "min_lr_ratio": 0.0}
+
+
+@pytest.fixture(scope="module")
+def mini_batch():
+    dm = ImageDataModule(name="mnist_mini", batch_size=64, val_size=500, seed=0, mean=[0.1307] * 3, std=[0.3081] * 3)
+    dm.setup("fit")
+    return next(iter(dm.train_dataloader()))
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_a_few_steps_on_mini_data_lower_the_loss(norm, mini_batch):
+    torch.manual_seed(0)
+    x, y = mini_batch
+    model = build_model(MODEL, NORMS[norm], num_classes=10)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3, losses
+
+
+def test_every_norm_point_gets_the_injected_norm():
+    for name, cls in [("ln", LayerNorm), ("dyt", DyT), ("autonorm-soft", AutoNorm), ("afn", AFN)]:
+        model = build_model(MODEL, NORMS[name], num_classes=10)
+        points = model.norm_points()
+        assert len(points) == 2 * MODEL["depth"] + 1
+        assert all(isinstance(m, cls) for _, m in points)
+
+
+def test_attention_maps_are_softmax_rows_and_match_the_fused_forward():
+    torch.manual_seed(0)
+    model = build_model(MODEL, NORMS["ln"], num_classes=10).eval()
+    x = torch.randn(3, 3, 32, 32)
+    maps = model.get_attention_maps(x)
+    n_tokens = 1 + (32 // MODEL["patch_size"]) ** 2
+    assert len(maps) == MODEL["depth"] and maps[0].shape == (3, MODEL["num_heads"], n_tokens, n_tokens)
+    torch.testing.assert_close(maps[0].sum(-1), torch.ones(3, MODEL["num_heads"], n_tokens))
+    # the explicit-softmax path computes the same function as the fused one
+    feats = model._tokens(x)
+    for block in model.blocks:
+        fused = block(feats)
+        explicit, _ = block.forward_with_attention(feats)
+        torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-4)
+        feats = fused
+
+
+def test_no_weight_decay_on_norm_gate_bias_and_embedding_parameters():
+    task = ClassificationTask(MODEL, NORMS["autonorm-gumbel"], 10, OPTIM)
+    no_decay = {id(p) for g in task.param_groups() if g["weight_decay"] == 0 for p in g["params"]}
+    decay = {id(p) for g in task.param_groups() if g["weight_decay"] > 0 for p in g["params"]}
+    named = dict(task.model.named_parameters())
+    for name, p in named.items():
+        expect_no_decay = p.ndim <= 1 or ".norm" in name or name.startswith("norm.") or name in ("pos_embed", "cls_token")
+        assert (id(p) in no_decay) == expect_no_decay, name
+        assert (id(p) in decay) != expect_no_decay, name
+    assert any(".gate." in n and p.ndim == 2 and id(p) in no_decay for n, p in named.items())

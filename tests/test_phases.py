@@ -1,0 +1,103 @@
+"""Transfer, freezing, distillation and the phase cache, on the embedded minis."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autonorm.cli import train
+from autonorm.phases import build_task, resolve_pretrained
+from autonorm.tasks import DistillTask, TransferTask, kd_loss, model_state, read_checkpoint
+
+from conftest import REPO
+
+
+def test_kd_loss_equals_hand_computation():
+    torch.manual_seed(0)
+    s, t, y = torch.randn(5, 10), torch.randn(5, 10), torch.randint(0, 10, (5,))
+    T, w = 3.0, 0.6
+    p_t = torch.softmax(t / T, -1)
+    kl = (p_t * (torch.log(p_t) - torch.log_softmax(s / T, -1))).sum(-1).mean()
+    ce = -torch.log_softmax(s, -1)[torch.arange(5), y].mean()
+    expected = (1 - w) * ce + w * T * T * kl
+    torch.testing.assert_close(kd_loss(s, t, y, T, w), expected)
+
+
+@pytest.fixture
+def pretrained(make_cfg):
+    """A cached MNIST-mini pretraining of an AutoNorm student (4 steps)."""
+    cfg = make_cfg("norm=autonorm", "gate=gumbel", "transfer=freeze", "data=cifar10_mini")
+    path = resolve_pretrained(cfg)
+    return cfg, path
+
+
+def test_transfer_copies_every_matching_weight_and_caches_pretraining(pretrained, make_cfg):
+    cfg, path = pretrained
+    task = build_task(cfg, num_classes=10)
+    assert isinstance(task, TransferTask)
+    source = model_state(read_checkpoint(path))
+    for name, tensor in task.model.state_dict().items():
+        if not name.startswith("head."):
+            torch.testing.assert_close(tensor, source[name], rtol=0, atol=0)
+    # the second job needing the same pretraining does not train it again
+    mtime = path.stat().st_mtime_ns
+    assert resolve_pretrained(cfg) == path and path.stat().st_mtime_ns == mtime
+
+
+def test_freeze_really_freezes(pretrained):
+    cfg, _ = pretrained
+    task = build_task(cfg, num_classes=10)
+    frozen_names = [n for n, p in task.model.named_parameters() if not p.requires_grad]
+    assert any(n.startswith("patch_embed.") for n in frozen_names)
+    assert any(n.startswith("blocks.0.") for n in frozen_names) and any(".gate." in n for n in frozen_names)
+    assert not any(n.startswith("head.") for n in frozen_names)
+    opt_params = {id(p) for g in task.param_groups() for p in g["params"]}
+    frozen = {n: p for n, p in task.model.named_parameters() if not p.requires_grad}
+    assert not opt_params & {id(p) for p in frozen.values()}
+    before = {n: p.detach().clone() for n, p in frozen.items()}
+    task.train()
+    assert not task.model.patch_embed.training and not task.model.blocks[0].training
+    opt = torch.optim.AdamW([p for g in task.param_groups() for p in g["params"]], lr=1e-2)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    for _ in range(3):
+        opt.zero_grad()
+        F.cross_entropy(task(x), y).backward()
+        opt.step()
+    for n, p in frozen.items():
+        assert p.grad is None
+        torch.testing.assert_close(p, before[n], rtol=0, atol=0)
+
+
+def test_mismatched_pretrained_checkpoint_lists_keys(pretrained, make_cfg, tmp_path):
+    _, path = pretrained
+    cfg = make_cfg("norm=ln", "transfer=finetune", f"transfer.pretrained={path}")
+    with pytest.raises(Exception, match="does not fit the model"):
+        build_task(cfg, num_classes=10)
+
+
+def test_distill_runs_with_cached_teacher(make_cfg):
+    cfg = make_cfg("experiment=AutoNorm-Finetune-KD", "data=cifar10_mini", "distill.teacher.model=vit_micro", "eval=none")
+    train(cfg)
+    results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
+    assert results["method"] == "AutoNorm-Finetune-KD" and results["distill"] == "kd"
+    assert list((Path(cfg.paths.cache_dir) / "teacher").glob("*/DONE"))
+
+
+
+def test_two_job_sweep_runs_end_to_end_and_writes_the_table(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "train.py", "-m", "debug=fast", "data=cifar10_mini", f"paths.output_root={tmp_path}",
+         "experiment=FrozenLN,FrozenDyT", "eval.plots=false", "eval.robustness=false", f"hydra.sweep.dir={tmp_path}/sweep"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (tmp_path / "sweep" / "summary_results.md").read_text()
+    assert "FrozenLN" in md and "FrozenDyT" in md
+    assert (tmp_path / "sweep" / "summary_results.csv").exists()
+    assert len(list((tmp_path / "cache" / "student").glob("*/DONE"))) == 2

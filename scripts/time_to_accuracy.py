@@ -5,7 +5,9 @@
 Each norm is one ordinary ``train.py experiment=<recipe> norm=<norm>`` run (so its folder, curves
 and checkpoints are where every run's are); this script only launches them one after another
 and gathers their ``time_to_accuracy.csv`` into ``outputs/time_to_accuracy/<recipe>/``
-(``curves.csv`` and ``curves.png``, with the recipe's targets drawn in).
+(``curves.csv`` and ``curves.png``, with the recipe's targets drawn in) and ``summary.md``: per
+norm, the final test accuracy, when the target accuracy was first reached (training time and the
+job's whole wall time), and the job's wall time measured around the ``train.py`` process.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,6 +33,21 @@ TARGETS = {
 }
 
 
+def _reached(curve: list[dict[str, str]], acc: float) -> str:
+    """``"<train> s / <wall> s"`` at the first epoch whose test accuracy is >= ``acc``, else ``"not reached"``."""
+    for r in curve:
+        if float(r["test_acc"]) >= acc:
+            wall = r.get("wall_s")
+            return f"{float(r['train_time_s']):.0f} s / {float(wall):.0f} s" if wall else f"{float(r['train_time_s']):.0f} s"
+    return "not reached"
+
+
+def _summary_row(norm: str, curve: list[dict[str, str]], targets: list, results: dict, job_s: float) -> str:
+    final = 100 * float(curve[-1]["test_acc"]) if curve else float("nan")
+    cells = [_reached(curve, acc) for acc, _, _ in targets]
+    return f"| {norm} | {final:.2f}% | " + " | ".join(cells) + f" | {results.get('train_time_s')} | {job_s:.0f} |"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", default="fast_mnist", help="experiment config (fast_mnist | fast_cifar10)")
@@ -42,23 +60,30 @@ def main() -> int:
     out_dir = REPO / args.output_root / "time_to_accuracy" / args.recipe
     curves: dict[str, Path] = {}
     rows: list[dict[str, object]] = []
+    summary: list[str] = []
+    targets = TARGETS.get(args.recipe, [])
     for norm in args.norms.split(","):
         tag = f"tta_{args.recipe}_{norm}"
         cmd = [sys.executable, "train.py", f"experiment={args.recipe}", f"norm={norm}", f"paths.data_root={args.data_root}",
                f"paths.output_root={args.output_root}", f"task_name={tag}", *args.overrides]
         print("$", " ".join(cmd), flush=True)
-        if subprocess.run(cmd, cwd=REPO).returncode != 0:
+        t0 = time.monotonic()
+        rc = subprocess.run(cmd, cwd=REPO).returncode
+        job_s = time.monotonic() - t0
+        if rc != 0:
             print(f"run for norm={norm} failed; continuing", file=sys.stderr)
+            summary.append(f"| {norm} | failed (exit {rc}) | | | | |")
             continue
         found = sorted((REPO / args.output_root / "runs" / tag).glob("*/time_to_accuracy.csv"))
         if not found:
             continue
         curves[norm] = found[-1]
         with open(found[-1], newline="") as fh:
-            for r in csv.DictReader(fh):
-                rows.append({"norm": norm, **r})
+            curve = list(csv.DictReader(fh))
+        rows.extend({"norm": norm, **r} for r in curve)
         results = json.loads((found[-1].parent / "results.json").read_text())
         print(f"norm={norm}: final test acc {results.get('test_acc')}, train time {results.get('train_time_s')} s")
+        summary.append(_summary_row(norm, curve, targets, results, job_s))
     if not rows:
         print("no curves", file=sys.stderr)
         return 1
@@ -68,7 +93,11 @@ def main() -> int:
     writer.writerows(rows)
     atomic_write_text(out_dir / "curves.csv", buf.getvalue())
     png = plot_time_to_accuracy(curves, out_dir / "curves.png", TARGETS.get(args.recipe, ()), title=f"{args.recipe}: test accuracy vs training time")
-    print(f"wrote {out_dir / 'curves.csv'} and {png}")
+    head = "| norm | final test acc | " + " | ".join(f"{label}: reached after (train / wall)" for _, _, label in targets)
+    lines = [head + " | training time (s) | job wall time (s) |", "|---" * (head.count("|") + 1) + "|", *summary]
+    atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"wrote {out_dir / 'curves.csv'}, {out_dir / 'summary.md'} and {png}")
     return 0
 
 

@@ -80,3 +80,35 @@ def test_no_weight_decay_on_norm_gate_bias_and_embedding_parameters():
         assert (id(p) in no_decay) == expect_no_decay, name
         assert (id(p) in decay) != expect_no_decay, name
     assert any(".gate." in n and p.ndim == 2 and id(p) in no_decay for n, p in named.items())
+
+
+@pytest.mark.parametrize("patch", [2, 4, 8])
+def test_conv_stem_gives_the_patch_grid_and_learns(patch, mini_batch):
+    torch.manual_seed(0)
+    cfg = {**MODEL, "patch_size": patch, "stem": "conv", "stem_channels": 8}
+    model = build_model(cfg, NORMS["autonorm-soft"], num_classes=10)
+    x, y = mini_batch
+    tokens = model.patch_embed(x)
+    assert tokens.shape == (x.shape[0], (32 // patch) ** 2, MODEL["embed_dim"])
+    convs = [m for m in model.patch_embed.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == patch.bit_length() - 1 + 1  # stride-2 convs, then the 1x1 projection
+    # the stem's BatchNorm is not a studied norm point
+    assert len(model.norm_points()) == 2 * MODEL["depth"] + 1
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:3]) / 3, losses
+
+
+def test_conv_stem_rejects_a_patch_size_that_is_not_a_power_of_two():
+    from autonorm.models.vit import ConvStem, VisionTransformer
+
+    with pytest.raises(ValueError, match="power of two"):
+        ConvStem(32, 6, 3, 32)
+    with pytest.raises(ValueError, match="model.stem"):
+        VisionTransformer(stem="hexagon")

@@ -89,6 +89,29 @@ def test_distill_runs_with_cached_teacher(make_cfg):
     assert list((Path(cfg.paths.cache_dir) / "teacher").glob("*/DONE"))
 
 
+def test_teacher_row_is_the_cached_kd_teacher_not_a_second_training(make_cfg, tmp_path):
+    small = ("data=cifar10_mini", "distill.teacher.model=vit_micro", "eval=none")
+    kd = make_cfg("experiment=AutoNorm-Finetune-KD", *small)
+    train(kd)
+    entries = list((Path(kd.paths.cache_dir) / "teacher").glob("*/DONE"))
+    assert len(entries) == 1
+    stats = json.loads((entries[0].parent / "fit.json").read_text())
+
+    row = make_cfg("experiment=Teacher", "model=vit_micro", *small, run_dir=tmp_path / "teacher_row")
+    train(row)
+    assert len(list((Path(kd.paths.cache_dir) / "teacher").glob("*/DONE"))) == 1  # a cache hit
+    results = json.loads((tmp_path / "teacher_row" / "results.json").read_text())
+    assert results["method"] == "Teacher" and results["test_acc"] is not None and results["val_acc"] is not None
+    assert results["train_time_s"] == stats["train_time_s"] and results["steps"] == stats["steps"] > 0
+    assert Path(results["best_checkpoint"]).parent == entries[0].parent
+    assert not (tmp_path / "teacher_row" / "checkpoints" / "last.ckpt").exists()  # nothing trained here
+
+    # the row's model must be the teacher's
+    bad = make_cfg("experiment=Teacher", *small, run_dir=tmp_path / "bad_row")  # vit_small != vit_micro
+    with pytest.raises(Exception, match="reuse_phase=teacher needs model=vit_micro"):
+        train(bad)
+
+
 
 def test_two_job_sweep_runs_end_to_end_and_writes_the_table(tmp_path):
     proc = subprocess.run(

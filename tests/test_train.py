@@ -120,7 +120,9 @@ def test_time_to_accuracy_recipe_writes_its_curve(make_cfg):
     train(cfg)
     run = Path(cfg.paths.output_dir)
     rows = (run / "time_to_accuracy.csv").read_text().strip().splitlines()
-    assert rows[0] == "epoch,step,train_time_s,test_acc" and len(rows) == 3
+    assert rows[0] == "epoch,step,train_time_s,wall_s,test_acc" and len(rows) == 3
     times = [float(r.split(",")[2]) for r in rows[1:]]
+    walls = [float(r.split(",")[3]) for r in rows[1:]]
     assert 0 < times[0] < times[1]
+    assert times[0] < walls[0] < walls[1]  # the job's wall time includes start-up and data loading
     assert (run / "time_to_accuracy.png").stat().st_size > 1000

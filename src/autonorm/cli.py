@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from autonorm.callbacks import AtomicCheckpointIO
 from autonorm.config import AutoNormError, method_name, validate
 from autonorm.pipeline.io import atomic_write_json, atomic_write_text, is_completed, mark_completed, mark_failed
-from autonorm.phases import build_task
+from autonorm.phases import build_task, load_reused_phase
 
 log = logging.getLogger("autonorm")
 
@@ -133,17 +133,24 @@ def train(cfg: DictConfig) -> Optional[float]:
     loggers = build_loggers(cfg, run_dir)
     trainer = build_trainer(cfg, callbacks, loggers)
 
-    last = run_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = str(last) if cfg.resume == "auto" and last.exists() else None
-    if ckpt_path:
-        print(f"Resuming from {ckpt_path}")
-    trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+    reused: Optional[dict[str, Any]] = None
+    if cfg.get("reuse_phase"):  # the Teacher row: the cached teacher, not a second training
+        reused = load_reused_phase(cfg, task)
+        trainer.validate(task, datamodule=datamodule, verbose=False)
+    else:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        ckpt_path = str(last) if cfg.resume == "auto" and last.exists() else None
+        if ckpt_path:
+            print(f"Resuming from {ckpt_path}")
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
 
     val = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     # the callback monitoring a metric (best.ckpt), not the epoch-end one that writes last.ckpt
     best_cb = next((cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None) and getattr(cb, "best_model_path", "")), None)
     best_path = best_cb.best_model_path if best_cb is not None else ""
-    if best_path:  # evaluate the best weights, not the last ones
+    if reused is not None:  # its weights are loaded already; report where they live
+        best_path = reused.pop("checkpoint", "")
+    if best_cb is not None and best_path:  # evaluate the best weights, not the last ones
         task.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=False)["state_dict"])
         if best_cb.best_model_score is not None:
             val["val/acc"] = float(best_cb.best_model_score)
@@ -168,6 +175,7 @@ def train(cfg: DictConfig) -> Optional[float]:
         "train_time_s": round(timer.time_elapsed("train"), 2),
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),
+        **(reused or {}),  # the reused phase's own training time, epochs and steps
         "best_checkpoint": best_path or None,
     }
     if trainer.is_global_zero:

@@ -97,6 +97,12 @@ def _check_model(model: DictConfig, img_size: int = 32) -> None:
     size = _num(model.get("img_size", img_size), "model.img_size")
     _check(size % int(model.patch_size) == 0, "model.patch_size", f"must divide the image size {size}", model.patch_size)
     _check(size == 32, "model.img_size", "must be 32 (MNIST and CIFAR-10 are served as 32x32)", size)
+    stem = model.get("stem", "patch")
+    _check(stem in ("patch", "conv"), "model.stem", "must be patch or conv", stem)
+    if stem == "conv":
+        p = int(model.patch_size)
+        _check(p >= 2 and p & (p - 1) == 0, "model.patch_size", "must be a power of two >= 2 with model.stem=conv", p)
+        _check(_num(model.get("stem_channels", 32), "model.stem_channels") >= 1, "model.stem_channels", "must be >= 1", model.get("stem_channels"))
 
 
 def _check_data(data: DictConfig) -> None:
@@ -135,6 +141,7 @@ def validate(cfg: DictConfig) -> None:
     transfer = cfg.get("transfer") or {}
     mode = transfer.get("mode", "none")
     _check(mode in ("none", "freeze", "finetune"), "transfer.mode", "must be none, freeze or finetune", mode)
+    _check(cfg.get("reuse_phase") in (None, "teacher"), "reuse_phase", "must be null or teacher", cfg.get("reuse_phase"))
     distill = cfg.get("distill") or {}
     if distill.get("mode", "none") != "none":
         _check(float(distill.temperature) > 0, "distill.temperature", "must be > 0", distill.temperature)

@@ -10,7 +10,9 @@ sweep jobs that need the same pretraining train it once.
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ log = logging.getLogger("autonorm")
 #: Bump when a change to the model or norm code makes old cached checkpoints stale.
 CODE_VERSION = "1"
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+#: Training time, epochs and steps of a cached phase, stored beside its checkpoint.
+FIT_STATS = "fit.json"
 
 
 def _container(node: Any) -> dict[str, Any]:
@@ -74,7 +78,10 @@ def fit_phase(cfg: DictConfig, out_dir: Path) -> None:
     callbacks = [NonFiniteLossGuard(), TemperatureScheduler(cfg.gate.tau_start, cfg.gate.tau_end, cfg.gate.schedule)]
     callbacks.append(pl.callbacks.RichProgressBar())
     trainer = instantiate(tcfg, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
+    t0 = time.monotonic()
     trainer.fit(task, datamodule=datamodule)
+    stats = {"train_time_s": round(time.monotonic() - t0, 2), "epochs": int(trainer.current_epoch), "steps": int(trainer.global_step)}
+    (out_dir / FIT_STATS).write_text(json.dumps(stats))  # moved into the cache entry with the checkpoint
     trainer.save_checkpoint(str(out_dir / "model.ckpt"))
 
 
@@ -125,6 +132,27 @@ def resolve_pretrained(cfg: DictConfig) -> Path:
 def resolve_teacher(cfg: DictConfig) -> Path:
     spec = str(cfg.distill.teacher.pretrained)
     return _cached_phase(cfg, "teacher", teacher_config(cfg)) if spec == "auto" else Path(spec)
+
+
+def load_reused_phase(cfg: DictConfig, task: pl.LightningModule) -> dict[str, Any]:
+    """For ``reuse_phase: teacher`` (the Teacher row): load the cached teacher — the very model
+    the distilled rows learn from, trained here on a cache miss — into ``task.model`` instead of
+    training a second copy. Returns its training stats (``train_time_s``, ``epochs``, ``steps``)
+    and its ``checkpoint`` path."""
+    phase = cfg.get("reuse_phase")
+    if phase != "teacher":
+        raise ConfigError(f"reuse_phase={phase} is not known; choose teacher or null")
+    want = str(cfg.distill.teacher.model)
+    if cfg.model.name != want or cfg.norm.name != "ln":
+        raise ConfigError(
+            f"reuse_phase=teacher needs model={want} and norm=ln (the teacher's), got model={cfg.model.name} norm={cfg.norm.name}"
+        )
+    path = resolve_teacher(cfg)
+    copied = load_weights(task.model, model_state(read_checkpoint(path)), source=str(path))
+    print(f"Reused the cached teacher {path} ({len(copied)} tensors); not training it again")
+    stats_file = path.parent / FIT_STATS
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else {}
+    return {**stats, "checkpoint": str(path)}
 
 
 def build_task(cfg: DictConfig, num_classes: int) -> pl.LightningModule:

@@ -43,6 +43,42 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, C)
 
 
+class ConvStem(nn.Module):
+    """A convolutional stem in place of the patchify layer ("Early Convolutions Help Transformers
+    See Better", Xiao et al., 2021): ``log2(patch_size)`` stride-2 3x3 convolutions (BatchNorm +
+    ReLU, channels doubling from ``channels``), then a 1x1 projection to ``dim``. It yields the
+    same token grid as a ``patch_size`` patchify, so the transformer and its norm points are
+    unchanged; it makes the model much faster to train. The stem's BatchNorm is shared by every
+    norm variant and is not one of the studied norm points."""
+
+    def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int, channels: int = 32) -> None:
+        super().__init__()
+        if patch_size < 2 or patch_size & (patch_size - 1):
+            raise ValueError(f"model.patch_size={patch_size} must be a power of two >= 2 with model.stem=conv")
+        if img_size % patch_size != 0:
+            raise ValueError(f"model.patch_size={patch_size} does not divide the image size {img_size}")
+        self.img_size = img_size
+        self.num_patches = (img_size // patch_size) ** 2
+        layers: list[nn.Module] = []
+        c_in, c_out = in_chans, channels
+        for _ in range(patch_size.bit_length() - 1):
+            layers += [
+                nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(c_out),
+                nn.ReLU(inplace=True),
+            ]
+            c_in, c_out = c_out, c_out * 2
+        layers.append(nn.Conv2d(c_in, dim, kernel_size=1))
+        self.proj = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.img_size, self.img_size):
+            raise ValueError(
+                f"expected {self.img_size}x{self.img_size} images, got {tuple(x.shape[-2:])}"
+            )
+        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, C)
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over all tokens."""
 
@@ -123,6 +159,8 @@ class VisionTransformer(nn.Module):
         embed_dim, depth, num_heads, mlp_ratio: transformer shape.
         norm_layer: ``dim -> nn.Module``, used for ``norm1``/``norm2`` of each block and the final norm.
         drop_rate: dropout in the MLPs and before the head.
+        stem: ``patch`` (a linear patchify, the original ViT) or ``conv`` (:class:`ConvStem`).
+        stem_channels: width of the first stem convolution (``stem=conv``).
     """
 
     def __init__(
@@ -137,11 +175,18 @@ class VisionTransformer(nn.Module):
         mlp_ratio: float = 4.0,
         norm_layer: NormLayer = nn.LayerNorm,
         drop_rate: float = 0.0,
+        stem: str = "patch",
+        stem_channels: int = 32,
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.embed_dim = embed_dim
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        if stem == "patch":
+            self.patch_embed: nn.Module = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
+        elif stem == "conv":
+            self.patch_embed = ConvStem(img_size, patch_size, in_chans, embed_dim, stem_channels)
+        else:
+            raise ValueError(f"model.stem={stem!r}: choose patch or conv")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
         self.blocks = nn.ModuleList(

@@ -48,7 +48,7 @@ def _budget(sweep: Path) -> str:
         f"model `{cfg.get('model', {}).get('name')}`",
         f"{t.get('max_epochs')} epochs" + (f" x {t.get('limit_train_batches')} batches" if t.get("limit_train_batches") else ""),
         f"pretraining {tr.get('pretrain', {}).get('max_epochs')} epochs on `{tr.get('pretrain', {}).get('data')}`",
-        f"teacher {d.get('teacher', {}).get('max_epochs')} epochs",
+        f"teacher `{d.get('teacher', {}).get('model', 'vit_small')}` {d.get('teacher', {}).get('max_epochs')} epochs",
         f"lr {cfg.get('optim', {}).get('lr')}",
     ]
     overrides = cfg.get("hydra", {}).get("overrides", {}).get("task", [])

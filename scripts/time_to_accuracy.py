@@ -16,6 +16,8 @@ import argparse
 import csv
 import io
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -54,25 +56,44 @@ def main() -> int:
     ap.add_argument("--norms", default="ln,dyt,autonorm,afn")
     ap.add_argument("--data-root", default="../shared/data")
     ap.add_argument("--output-root", default="outputs")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once (each gets cpu_count / jobs threads); "
+                    "side by side they share memory bandwidth, so their times are conservative")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cpu_count / jobs)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
+    (REPO / args.output_root / "time_to_accuracy" / args.recipe).mkdir(parents=True, exist_ok=True)
 
     out_dir = REPO / args.output_root / "time_to_accuracy" / args.recipe
     curves: dict[str, Path] = {}
     rows: list[dict[str, object]] = []
     summary: list[str] = []
     targets = TARGETS.get(args.recipe, [])
-    for norm in args.norms.split(","):
+    norms = args.norms.split(",")
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive")}
+    procs: dict[str, tuple[subprocess.Popen, float]] = {}
+    finished: dict[str, tuple[int, float]] = {}
+    pending = list(norms)
+    while pending or procs:  # at most --jobs runs at once
+        while pending and len(procs) < args.jobs:
+            norm = pending.pop(0)
+            cmd = [sys.executable, "train.py", f"experiment={args.recipe}", f"norm={norm}", f"paths.data_root={args.data_root}",
+                   f"paths.output_root={args.output_root}", f"task_name=tta_{args.recipe}_{norm}", *args.overrides]
+            print(f"$ OMP_NUM_THREADS={threads}", " ".join(cmd), flush=True)
+            log_file = open(out_dir / f"{norm}.log", "w") if args.jobs > 1 else None  # interleaved output is unreadable
+            procs[norm] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT if log_file else None), time.monotonic())
+        time.sleep(1.0)
+        for norm, (proc, t0) in list(procs.items()):
+            if proc.poll() is not None:
+                finished[norm] = (proc.returncode, time.monotonic() - t0)
+                del procs[norm]
+
+    for norm in norms:
+        rc, job_s = finished[norm]
         tag = f"tta_{args.recipe}_{norm}"
-        cmd = [sys.executable, "train.py", f"experiment={args.recipe}", f"norm={norm}", f"paths.data_root={args.data_root}",
-               f"paths.output_root={args.output_root}", f"task_name={tag}", *args.overrides]
-        print("$", " ".join(cmd), flush=True)
-        t0 = time.monotonic()
-        rc = subprocess.run(cmd, cwd=REPO).returncode
-        job_s = time.monotonic() - t0
         if rc != 0:
-            print(f"run for norm={norm} failed; continuing", file=sys.stderr)
-            summary.append(f"| {norm} | failed (exit {rc}) | | | | |")
+            print(f"run for norm={norm} failed (exit {rc})", file=sys.stderr)
+            summary.append(f"| {norm} | failed (exit {rc}) | " + "| " * len(targets) + "| |")
             continue
         found = sorted((REPO / args.output_root / "runs" / tag).glob("*/time_to_accuracy.csv"))
         if not found:
@@ -93,8 +114,16 @@ def main() -> int:
     writer.writerows(rows)
     atomic_write_text(out_dir / "curves.csv", buf.getvalue())
     png = plot_time_to_accuracy(curves, out_dir / "curves.png", TARGETS.get(args.recipe, ()), title=f"{args.recipe}: test accuracy vs training time")
-    head = "| norm | final test acc | " + " | ".join(f"{label}: reached after (train / wall)" for _, _, label in targets)
-    lines = [head + " | training time (s) | job wall time (s) |", "|---" * (head.count("|") + 1) + "|", *summary]
+    head = "| norm | last-epoch test acc | " + " | ".join(f"{label}: reached after (train / wall)" for _, _, label in targets)
+    lines = [
+        f"Recipe `{args.recipe}`, overrides: `{' '.join(args.overrides) or 'none'}`; {len(norms)} runs, "
+        f"{args.jobs} at a time with {threads} torch thread(s) each, on {platform.node()} ({os.cpu_count()} CPUs); "
+        f"generated {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+        head + " | training time (s) | job wall time (s) |",
+        "|---" * (4 + len(targets)) + "|",
+        *summary,
+    ]
     atomic_write_text(out_dir / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {out_dir / 'curves.csv'}, {out_dir / 'summary.md'} and {png}")

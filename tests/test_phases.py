@@ -97,19 +97,16 @@ def test_teacher_row_is_the_cached_kd_teacher_not_a_second_training(make_cfg, tm
     assert len(entries) == 1
     stats = json.loads((entries[0].parent / "fit.json").read_text())
 
-    row = make_cfg("experiment=Teacher", "model=vit_micro", *small, run_dir=tmp_path / "teacher_row")
+    # the row takes the teacher's model and budget from distill.teacher, whatever model= says
+    row = make_cfg("experiment=Teacher", "model=vit_tiny", *small, run_dir=tmp_path / "teacher_row")
     train(row)
     assert len(list((Path(kd.paths.cache_dir) / "teacher").glob("*/DONE"))) == 1  # a cache hit
     results = json.loads((tmp_path / "teacher_row" / "results.json").read_text())
-    assert results["method"] == "Teacher" and results["test_acc"] is not None and results["val_acc"] is not None
+    assert results["method"] == "Teacher" and results["model"] == "vit_micro" and results["norm"] == "ln"
+    assert results["test_acc"] is not None and results["val_acc"] is not None
     assert results["train_time_s"] == stats["train_time_s"] and results["steps"] == stats["steps"] > 0
     assert Path(results["best_checkpoint"]).parent == entries[0].parent
     assert not (tmp_path / "teacher_row" / "checkpoints" / "last.ckpt").exists()  # nothing trained here
-
-    # the row's model must be the teacher's
-    bad = make_cfg("experiment=Teacher", *small, run_dir=tmp_path / "bad_row")  # vit_small != vit_micro
-    with pytest.raises(Exception, match="reuse_phase=teacher needs model=vit_micro"):
-        train(bad)
 
 
 
@@ -124,3 +121,17 @@ def test_two_job_sweep_runs_end_to_end_and_writes_the_table(tmp_path):
     assert "FrozenLN" in md and "FrozenDyT" in md
     assert (tmp_path / "sweep" / "summary_results.csv").exists()
     assert len(list((tmp_path / "cache" / "student").glob("*/DONE"))) == 2
+
+
+def test_table_sweeps_use_the_recipe_model_and_the_teacher_row_is_the_kd_teacher(make_cfg):
+    from autonorm.phases import reused_phase_config, teacher_config
+
+    for sweep in ("table_mini", "table_full"):
+        student = make_cfg(f"sweep={sweep}", "experiment=AutoNorm-Finetune-KD")
+        assert student.model.name == "vit_micro_conv" and student.model.stem == "conv"
+        assert student.optim.label_smoothing == 0.1
+        row = reused_phase_config(make_cfg(f"sweep={sweep}", "experiment=Teacher"))
+        kd_teacher = teacher_config(student)
+        assert row.model == kd_teacher.model and row.model.name == "vit_tiny_conv"
+        assert row.norm.name == kd_teacher.norm.name == "ln"
+        assert row.trainer.max_epochs == kd_teacher.trainer.max_epochs == student.distill.teacher.max_epochs

@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from autonorm.callbacks import AtomicCheckpointIO
 from autonorm.config import AutoNormError, method_name, validate
 from autonorm.pipeline.io import atomic_write_json, atomic_write_text, is_completed, mark_completed, mark_failed
-from autonorm.phases import build_task, load_reused_phase
+from autonorm.phases import build_task, load_reused_phase, reused_phase_config
 
 log = logging.getLogger("autonorm")
 
@@ -116,6 +116,8 @@ def train(cfg: DictConfig) -> Optional[float]:
 
     with open_dict(cfg):  # name the table row now, so even a job that fails is listed by name
         cfg.method = _best_effort_method(cfg)
+    if cfg.get("reuse_phase"):  # the Teacher row: the teacher's model, norm and budget
+        cfg = reused_phase_config(cfg)
     validate(cfg)
     print_config(cfg)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

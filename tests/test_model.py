@@ -29,19 +29,25 @@ def mini_batch():
     return next(iter(dm.train_dataloader()))
 
 
-@pytest.mark.parametrize("norm", list(NORMS))
-def test_a_few_steps_on_mini_data_lower_the_loss(norm, mini_batch):
-    torch.manual_seed(0)
-    x, y = mini_batch
-    model = build_model(MODEL, NORMS[norm], num_classes=10)
+def _train_losses(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 40) -> list[float]:
+    """Full-batch AdamW steps on one batch; the loss after each."""
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for _ in range(40):
+    for _ in range(steps):
         opt.zero_grad()
         loss = F.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
         losses.append(float(loss))
+    return losses
+
+
+@pytest.mark.parametrize("norm", list(NORMS))
+def test_a_few_steps_on_mini_data_lower_the_loss(norm, mini_batch):
+    torch.manual_seed(0)
+    x, y = mini_batch
+    model = build_model(MODEL, NORMS[norm], num_classes=10)
+    losses = _train_losses(model, x, y)
     assert sum(losses[-3:]) / 3 < 0.75 * sum(losses[:3]) / 3, losses
 
 
@@ -94,14 +100,7 @@ def test_conv_stem_gives_the_patch_grid_and_learns(patch, mini_batch):
     assert len(convs) == patch.bit_length() - 1 + 1  # stride-2 convs, then the 1x1 projection
     # the stem's BatchNorm is not a studied norm point
     assert len(model.norm_points()) == 2 * MODEL["depth"] + 1
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(40):
-        opt.zero_grad()
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
+    losses = _train_losses(model, x, y)
     assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:3]) / 3, losses
 
 

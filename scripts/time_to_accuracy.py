@@ -3,10 +3,10 @@
     python scripts/time_to_accuracy.py --recipe fast_mnist --norms ln,dyt,autonorm,afn --data-root ../shared/data
 
 Each norm is one ordinary ``train.py experiment=<recipe> norm=<norm>`` run (so its folder, curves
-and checkpoints are where every run's are); this script only launches them one after another
-and gathers their ``time_to_accuracy.csv`` into ``outputs/time_to_accuracy/<recipe>/``
-(``curves.csv`` and ``curves.png``, with the recipe's targets drawn in) and ``summary.md``: per
-norm, the final test accuracy, when the target accuracy was first reached (training time and the
+and checkpoints are where every run's are); this script only launches them (one after another,
+or ``--jobs`` at a time) and gathers their ``time_to_accuracy.csv`` into
+``outputs/time_to_accuracy/<recipe>/`` (``curves.csv`` and ``curves.png``, with the recipe's
+targets drawn in) and ``summary.md``: per norm, the last epoch's test accuracy, when the target accuracy was first reached (training time and the
 job's whole wall time), and the job's wall time measured around the ``train.py`` process.
 """
 
@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import IO, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -61,9 +62,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cpu_count / jobs)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = ap.parse_args()
-    (REPO / args.output_root / "time_to_accuracy" / args.recipe).mkdir(parents=True, exist_ok=True)
 
     out_dir = REPO / args.output_root / "time_to_accuracy" / args.recipe
+    out_dir.mkdir(parents=True, exist_ok=True)
     curves: dict[str, Path] = {}
     rows: list[dict[str, object]] = []
     summary: list[str] = []
@@ -71,7 +72,7 @@ def main() -> int:
     norms = args.norms.split(",")
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "passive")}
-    procs: dict[str, tuple[subprocess.Popen, float]] = {}
+    procs: dict[str, tuple[subprocess.Popen, float, Optional[IO[str]]]] = {}
     finished: dict[str, tuple[int, float]] = {}
     pending = list(norms)
     while pending or procs:  # at most --jobs runs at once
@@ -81,12 +82,15 @@ def main() -> int:
                    f"paths.output_root={args.output_root}", f"task_name=tta_{args.recipe}_{norm}", *args.overrides]
             print(f"$ OMP_NUM_THREADS={threads}", " ".join(cmd), flush=True)
             log_file = open(out_dir / f"{norm}.log", "w") if args.jobs > 1 else None  # interleaved output is unreadable
-            procs[norm] = (subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT if log_file else None), time.monotonic())
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT if log_file else None)
+            procs[norm] = (proc, time.monotonic(), log_file)
         time.sleep(1.0)
-        for norm, (proc, t0) in list(procs.items()):
+        for norm, (proc, t0, log_file) in list(procs.items()):
             if proc.poll() is not None:
                 finished[norm] = (proc.returncode, time.monotonic() - t0)
                 del procs[norm]
+                if log_file is not None:
+                    log_file.close()
 
     for norm in norms:
         rc, job_s = finished[norm]
@@ -113,7 +117,7 @@ def main() -> int:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out_dir / "curves.csv", buf.getvalue())
-    png = plot_time_to_accuracy(curves, out_dir / "curves.png", TARGETS.get(args.recipe, ()), title=f"{args.recipe}: test accuracy vs training time")
+    png = plot_time_to_accuracy(curves, out_dir / "curves.png", targets, title=f"{args.recipe}: test accuracy vs training time")
     head = "| norm | last-epoch test acc | " + " | ".join(f"{label}: reached after (train / wall)" for _, _, label in targets)
     lines = [
         f"Recipe `{args.recipe}`, overrides: `{' '.join(args.overrides) or 'none'}`; {len(norms)} runs, "

@@ -23,7 +23,10 @@ NormLayer = Callable[[int], nn.Module]
 
 
 class PatchEmbed(nn.Module):
-    """Split an image into non-overlapping ``patch_size`` squares and project each to ``dim``."""
+    """Split an image into non-overlapping ``patch_size`` squares and project each to ``dim``.
+
+    Subclasses change only the projection (:meth:`_make_proj`); the token grid, the input check
+    and the (B, N, C) layout are shared."""
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int) -> None:
         super().__init__()
@@ -33,7 +36,10 @@ class PatchEmbed(nn.Module):
             )
         self.img_size = img_size
         self.num_patches = (img_size // patch_size) ** 2
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = self._make_proj(patch_size, in_chans, dim)
+
+    def _make_proj(self, patch_size: int, in_chans: int, dim: int) -> nn.Module:
+        return nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2:] != (self.img_size, self.img_size):
@@ -43,7 +49,7 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, C)
 
 
-class ConvStem(nn.Module):
+class ConvStem(PatchEmbed):
     """A convolutional stem in place of the patchify layer ("Early Convolutions Help Transformers
     See Better", Xiao et al., 2021): ``log2(patch_size)`` stride-2 3x3 convolutions (BatchNorm +
     ReLU, channels doubling from ``channels``), then a 1x1 projection to ``dim``. It yields the
@@ -52,15 +58,14 @@ class ConvStem(nn.Module):
     norm variant and is not one of the studied norm points."""
 
     def __init__(self, img_size: int, patch_size: int, in_chans: int, dim: int, channels: int = 32) -> None:
-        super().__init__()
         if patch_size < 2 or patch_size & (patch_size - 1):
             raise ValueError(f"model.patch_size={patch_size} must be a power of two >= 2 with model.stem=conv")
-        if img_size % patch_size != 0:
-            raise ValueError(f"model.patch_size={patch_size} does not divide the image size {img_size}")
-        self.img_size = img_size
-        self.num_patches = (img_size // patch_size) ** 2
+        self._channels = int(channels)
+        super().__init__(img_size, patch_size, in_chans, dim)
+
+    def _make_proj(self, patch_size: int, in_chans: int, dim: int) -> nn.Module:
         layers: list[nn.Module] = []
-        c_in, c_out = in_chans, channels
+        c_in, c_out = in_chans, self._channels
         for _ in range(patch_size.bit_length() - 1):
             layers += [
                 nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
@@ -69,14 +74,7 @@ class ConvStem(nn.Module):
             ]
             c_in, c_out = c_out, c_out * 2
         layers.append(nn.Conv2d(c_in, dim, kernel_size=1))
-        self.proj = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.img_size, self.img_size):
-            raise ValueError(
-                f"expected {self.img_size}x{self.img_size} images, got {tuple(x.shape[-2:])}"
-            )
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, C)
+        return nn.Sequential(*layers)
 
 
 class Attention(nn.Module):

@@ -6,8 +6,9 @@ Each norm is one ordinary ``train.py experiment=<recipe> norm=<norm>`` run (so i
 and checkpoints are where every run's are); this script only launches them (one after another,
 or ``--jobs`` at a time) and gathers their ``time_to_accuracy.csv`` into
 ``outputs/time_to_accuracy/<recipe>/`` (``curves.csv`` and ``curves.png``, with the recipe's
-targets drawn in) and ``summary.md``: per norm, the last epoch's test accuracy, when the target accuracy was first reached (training time and the
-job's whole wall time), and the job's wall time measured around the ``train.py`` process.
+targets drawn in) and ``summary.md``: per norm, the last epoch's test accuracy, when the target
+accuracy was first reached (training time and the job's whole wall time), and the job's wall
+time measured around the ``train.py`` process.
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ export OMP_WAIT_POLICY ?= passive
 	.venv/bin/pip install --upgrade --quiet pip
 	# torch and torchvision are pinned in pyproject (they lie on the dev machines' disk)
 	.venv/bin/pip install --quiet -e '.[dev]'
+	# build the C++ norm kernels now (~15 s, cached in ~/.cache/autonorm); a failure only warns
+	.venv/bin/python -c "from autonorm.norms import native; print('C++ norm kernels:', native.status())"
 	touch $@
 
 install: .venv/.installed

@@ -333,7 +333,8 @@ def build(spec: ModelSpec, variant: str, num_classes: int = 10) -> nn.Module:
 
 def _train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05)
+    # foreach as in training (optim.foreach, default true)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, foreach=bool(optim_cfg().get("foreach", True)))
 
     def step() -> None:
         loss = F.cross_entropy(model(x), y)
@@ -532,7 +533,7 @@ def measure_lightning(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     def plain_run() -> list[float]:
         model = task.model
         model.train()
-        opt = torch.optim.AdamW(task.param_groups(), lr=float(optim["lr"]), betas=tuple(optim.get("betas", (0.9, 0.999))))
+        opt = torch.optim.AdamW(task.param_groups(), lr=float(optim["lr"]), betas=tuple(optim.get("betas", (0.9, 0.999))), foreach=bool(optim.get("foreach", True)))
         warm = int(float(optim.get("warmup_epochs", 0.0)) * steps)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, WarmupCosine(min(warm, steps // 2), steps, float(optim.get("min_lr_ratio", 0.0)))

@@ -41,6 +41,15 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _make
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Build the C++ norm kernels once, here, before any test starts a subprocess: a subprocess
+    killed mid-build (the SIGKILL resume tests) must never be the one holding the build."""
+    from autonorm.norms import native
+
+    if native.enabled():
+        native.ops()
+
+
 @pytest.fixture(autouse=True)
 def _seed_every_test() -> None:
     """Each test starts from the same global RNG state, whatever ran before it."""

@@ -64,6 +64,7 @@ class OptimSchema:
     min_lr_ratio: float = 0.01
     label_smoothing: float = 0.0
     backbone_lr_scale: float = 1.0
+    foreach: bool = True
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, "optim.lr", "must be > 0", self.lr)

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .fused import call_compiled, check_impl
 
 
@@ -64,9 +65,11 @@ class AFN(nn.Module):
     (sum, sum of squares, count) when ``torch.distributed`` is initialised with world size > 1,
     so the statistics equal those of the global batch (differentiably, like SyncBatchNorm).
 
-    ``impl``: ``"eager"`` and ``"fused"`` run the same code (the per-element work is already one
-    ``var_mean`` and one fused multiply-add ``x * scale + shift``; the encoder-decoders act on (1, C)
-    vectors); ``"compiled"`` runs the forward through ``torch.compile`` (lazily, eager fallback on
+    ``impl``: ``"eager"`` computes the statistics with ``var_mean`` and the output with one fused
+    multiply-add ``x * scale + shift`` (the encoder-decoders act on (1, C) vectors); ``"fused"``
+    computes the same on float32 CPU inputs with the C++ kernels of :mod:`autonorm.norms.native`
+    (statistics in one sweep with double accumulators; the multiply-add's backward in one sweep),
+    elsewhere like ``"eager"``; ``"compiled"`` runs the forward through ``torch.compile`` (lazily, eager fallback on
     failure). In eval mode the whole layer is a per-channel affine map, see :meth:`eval_affine`.
     """
 
@@ -198,16 +201,30 @@ class AFN(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f"AFN expected last dimension {self.dim}, got shape {tuple(x.shape)}")
+        kernels = self._kernels(x)
         if self.training:
             if x.numel() // self.dim < 2:
                 raise ValueError("AFN needs more than one value per channel in training mode")
-            mu, var, count = self._batch_moments(x)
+            if kernels:
+                mu, var = native.channel_moments(x.reshape(-1, self.dim))
+                count: Union[int, torch.Tensor] = x.numel() // self.dim
+            else:
+                mu, var, count = self._batch_moments(x)
             self._update_running(mu.detach(), var.detach(), count)
         else:
             mu, var = self.running_mean.float(), self.running_var.float()
         scale, shift = self._affine(mu, var, x.device.type)
+        if kernels:
+            return native.channel_affine(x.reshape(-1, self.dim), scale, shift).view(x.shape)
         # Computed in float32 and returned in x's dtype.
         return torch.addcmul(shift, x.float(), scale).to(x.dtype)
+
+    def _kernels(self, x: torch.Tensor) -> bool:
+        """Whether this forward runs through the C++ kernels (``impl="fused"``, float32 CPU input,
+        kernels available, statistics not synchronised across processes)."""
+        if self.impl != "fused" or self.sync_stats:
+            return False
+        return native.usable(x, self.weight) is not None
 
     @torch.no_grad()
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:

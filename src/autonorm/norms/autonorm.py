@@ -6,12 +6,23 @@ from typing import Optional
 import torch
 from torch import nn
 
+from . import native
 from .dyt import DyT
 from .fused import blend_fused, blend_reference, call_compiled, check_impl
 from .gates import GumbelGate, SoftGate
 from .ln import LayerNorm
 
 GATES: tuple[str, ...] = ("soft", "gumbel")
+
+
+def token_summary(x: torch.Tensor, impl: str = "eager") -> torch.Tensor:
+    """The gate's input ``h = x.mean(dim=1)`` (B, C) for tokens ``x`` (B, N, C); with
+    ``impl="fused"`` on float32 CPU input, the C++ kernel (whose backward adds ``dh / N`` into the
+    input gradient without materialising it first). Deployed copies call this same function, so
+    their gate decisions are bit-identical."""
+    if impl == "fused" and native.usable(x) is not None:
+        return native.token_mean(x)
+    return x.mean(dim=1)
 FREEZE_BRANCHES: tuple[Optional[str], ...] = (None, "ln", "dyt")
 
 
@@ -120,7 +131,7 @@ class AutoNorm(nn.Module):
         """The mixing weight ``a`` (B,) for input ``x`` (B, N, C), honouring ``gate_override``."""
         if self._gate_override is not None:
             return x.new_full((x.shape[0],), self._gate_override)
-        return self.gate(x.mean(dim=1))
+        return self.gate(token_summary(x, self.impl))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, N, C) -> ``a * LN(x) + (1 - a) * DyT(x)`` of the same shape."""

@@ -4,7 +4,8 @@
 eval mode whose norm modules are replaced as follows; the original model is left untouched.
 
 * :class:`~autonorm.norms.LayerNorm` stays (aten's fused kernel is already one pass).
-* :class:`~autonorm.norms.DyT` -> :class:`DeployedDyT`: ``(2w) * sigmoid(2 alpha x) + (b - w)``
+* :class:`~autonorm.norms.DyT` -> :class:`DeployedDyT`: ``(2w) * sigmoid(2 alpha x) + (b - w)``,
+  one sweep of the C++ kernel (:mod:`~autonorm.norms.native`) on float32 CPU input; elsewhere
   with the constants precomputed, one allocation, the rest in place (``tanh(z) = 2 sigmoid(2z) - 1``
   exactly; on CPU ``torch.sigmoid`` is several times faster than ``torch.tanh``).
 * :class:`~autonorm.norms.AFN` -> :class:`DeployedAffine`: in eval the running statistics are
@@ -48,8 +49,9 @@ from typing import Any, Iterable, Optional, Union
 import torch
 from torch import nn
 
+from . import native
 from .afn import AFN
-from .autonorm import AutoNorm
+from .autonorm import AutoNorm, token_summary
 from .dyt import DyT
 from .fused import blend_fused
 from .gates import GumbelGate
@@ -70,9 +72,15 @@ class DeployedDyT(nn.Module):
             self.register_buffer("two_alpha", dyt.alpha.detach() * 2)
             self.register_buffer("scale", dyt.weight.detach() * 2)
             self.register_buffer("shift", dyt.bias.detach() - dyt.weight.detach())
+            # the original parameters, for the C++ kernel (which forms 2 alpha, 2w, b - w itself)
+            self.register_buffer("alpha", dyt.alpha.detach().clone())
+            self.register_buffer("weight", dyt.weight.detach().clone())
+            self.register_buffer("bias", dyt.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (..., C) -> DyT(x), one new tensor."""
+        """``x`` (..., C) -> DyT(x), one new tensor (one kernel sweep on float32 CPU input)."""
+        if native.usable(x, self.alpha) is not None:
+            return native.dyt(x, self.alpha, self.weight, self.bias)
         s = torch.mul(x, self.two_alpha)
         s.sigmoid_()
         if torch.is_grad_enabled() and s.requires_grad:  # out= does not support autograd
@@ -111,6 +119,7 @@ class _DeployedAutoNormBase(nn.Module):
     def __init__(self, autonorm: AutoNorm) -> None:
         super().__init__()
         self.dim = autonorm.dim
+        self.impl = autonorm.impl  # the gate summary is computed as in the undeployed module
         self.ln = autonorm.ln
         self.dyt = DeployedDyT(autonorm.dyt)
         self.last_gate = None
@@ -118,7 +127,7 @@ class _DeployedAutoNormBase(nn.Module):
     def _summary(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"AutoNorm expects tokens of shape (B, N, C), got shape {tuple(x.shape)}")
-        return x.mean(dim=1)  # the same op as AutoNorm.gate_values, so the same bits
+        return token_summary(x, self.impl)  # the same function as AutoNorm.gate_values: the same bits
 
 
 class DeployedBlend(_DeployedAutoNormBase):

@@ -4,8 +4,11 @@ Every norm with an ``impl`` argument (:class:`~autonorm.norms.DyT`, :class:`~aut
 :class:`~autonorm.norms.AFN`) computes the same function three ways:
 
 * ``"eager"``: the readable reference (plain PyTorch ops, autograd records every op);
-* ``"fused"``: the hand-fused kernels of this module (custom :class:`torch.autograd.Function`\\ s
-  with analytic backward passes, in-place temporaries, no autograd graph inside the norm);
+* ``"fused"``: on float32 CPU tensors, single-sweep C++ kernels (:mod:`autonorm.norms.native`,
+  built on first use; one pass over the activations forward and one backward); elsewhere, or
+  when they cannot be built, the torch-op kernels of this module (custom
+  :class:`torch.autograd.Function`\\ s with analytic backward passes, in-place temporaries, no
+  autograd graph inside the norm);
 * ``"compiled"``: the eager formula wrapped in :func:`torch.compile`, compiled lazily on the first
   call (:func:`call_compiled`); a compilation failure falls back to eager with a warning.
 
@@ -52,6 +55,8 @@ from typing import Any, Callable, Optional
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
+
+from . import native
 
 IMPLS: tuple[str, ...] = ("eager", "compiled", "fused")
 
@@ -134,7 +139,11 @@ class DyTFunction(torch.autograd.Function):
 
 
 def dyt_fused(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Fused DyT on ``x`` (..., C): :class:`DyTFunction` under autograd, else :func:`dyt_inference`."""
+    """Fused DyT on ``x`` (..., C): the C++ kernels (:mod:`~autonorm.norms.native`) for float32 CPU
+    tensors when available, else :class:`DyTFunction` under autograd and :func:`dyt_inference`
+    without."""
+    if native.usable(x, alpha, weight, bias) is not None:
+        return native.dyt(x, alpha, weight, bias)
     if not _needs_grad(x, alpha, weight, bias):
         return dyt_inference(x, alpha, weight, bias)
     dtype = _compute_dtype(x, alpha, weight, bias)
@@ -266,8 +275,12 @@ def blend_fused(
     dyt_weight: torch.Tensor,
     dyt_bias: torch.Tensor,
 ) -> torch.Tensor:
-    """Fused AutoNorm blend: :class:`BlendFunction` under autograd, else :func:`blend_inference`."""
+    """Fused AutoNorm blend: the C++ kernels (:mod:`~autonorm.norms.native`) for float32 CPU
+    tensors when available, else :class:`BlendFunction` under autograd and
+    :func:`blend_inference` without."""
     tensors = (x, a, ln_weight, ln_bias, alpha, dyt_weight, dyt_bias)
+    if x.dim() == 3 and native.usable(*tensors) is not None:
+        return native.blend(x, a, ln_weight, ln_bias, eps, alpha, dyt_weight, dyt_bias)
     if not _needs_grad(*tensors):
         return blend_inference(x, a, ln_weight, ln_bias, eps, alpha, dyt_weight, dyt_bias)
     dtype = _compute_dtype(x, ln_weight, alpha, dyt_weight)

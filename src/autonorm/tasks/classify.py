@@ -148,7 +148,10 @@ class ClassificationTask(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = torch.optim.AdamW(
-            self.param_groups(), lr=float(self.optim_cfg["lr"]), betas=tuple(self.optim_cfg.get("betas", (0.9, 0.999)))
+            self.param_groups(),
+            lr=float(self.optim_cfg["lr"]),
+            betas=tuple(self.optim_cfg.get("betas", (0.9, 0.999))),
+            foreach=bool(self.optim_cfg.get("foreach", True)),
         )
         total = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1

@@ -1,0 +1,268 @@
+"""The C++ kernels behind ``impl="fused"`` on CPU (autonorm.norms.native): they build, they
+compute what the eager reference and the torch-op path compute (forward and every gradient, at
+the shapes and thread counts training uses), and a failed build falls back cleanly."""
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from autonorm.norms import AFN, AutoNorm, DyT, GumbelGate, fused, native
+from autonorm.norms.gates import logistic_noise, straight_through_binary
+
+pytestmark = pytest.mark.skipif(not native.enabled(), reason="AUTONORM_NATIVE=0: the C++ kernels are turned off")
+
+TOL = dict(atol=2e-5, rtol=2e-5)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def lib():
+    st = native.status()
+    assert st["available"], f"the C++ kernels did not build: {st['error']}"
+    return native.ops()
+
+
+def _with_impl(module: nn.Module, impl: str) -> nn.Module:
+    other = copy.deepcopy(module)
+    for m in other.modules():
+        if hasattr(m, "impl"):
+            m.impl = impl
+    return other
+
+
+def _randomise(m: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if p.dim() == 1 and n.endswith(("weight", "bias")):
+                p.add_(torch.randn_like(p) * 0.3)
+        for g in [mm for mm in m.modules() if hasattr(mm, "net")]:
+            last = g.net if isinstance(g.net, nn.Linear) else g.net[-1]
+            last.weight.normal_(std=0.5)  # per-sample gates that differ across samples
+    return m
+
+
+def _run(m: nn.Module, x: torch.Tensor, kernels: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    xx = x.clone().requires_grad_(True)
+    torch.manual_seed(3)  # the same Gumbel noise for every implementation
+    ctx = native.turned_off() if not kernels else _null()
+    with ctx:
+        y = m(xx)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+        (y * g).sum().backward()
+    grads = {"x": xx.grad, **{n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}}
+    m.zero_grad(set_to_none=True)
+    return y.detach(), grads
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *a: object) -> None:
+        return None
+
+
+def _cases(c: int) -> dict[str, nn.Module]:
+    return {
+        "dyt": DyT(c, alpha_init=0.7),
+        "soft": AutoNorm(c, gate="soft"),
+        "soft_mlp": AutoNorm(c, gate="soft", gate_hidden=4),
+        "gumbel": AutoNorm(c, gate="gumbel"),
+        "freeze_dyt": AutoNorm(c, gate="soft", freeze_branch="dyt"),
+        "afn": AFN(c),
+        "afn_noenc": AFN(c, use_encoders=False),
+    }
+
+
+SHAPES = [(6, 5, 16), (3, 1, 7), (1, 4, 9), (40, 65, 64)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("name", list(_cases(4)))
+def test_kernels_match_eager_and_torch_ops(lib, name: str, shape: tuple[int, int, int]) -> None:
+    b, n, c = shape
+    ref = _randomise(_cases(c)[name]).train()
+    fused_m = _with_impl(ref, "fused")
+    x = torch.randn(b, n, c) * 1.5 + 0.3
+    y0, g0 = _run(copy.deepcopy(ref), x, kernels=False)  # eager reference
+    y1, g1 = _run(copy.deepcopy(fused_m), x, kernels=False)  # torch-op fused path
+    y2, g2 = _run(copy.deepcopy(fused_m), x, kernels=True)  # C++ kernels
+    for y, g, label in ((y1, g1, "torch-op"), (y2, g2, "kernels")):
+        torch.testing.assert_close(y, y0, **TOL, msg=lambda m, label=label: f"{label} forward: {m}")
+        assert g.keys() == g0.keys(), label
+        for k in g0:
+            # reductions over up to 2,600 rows: float32 rounding scales with the gradient's size
+            atol = TOL["atol"] * max(1.0, g0[k].abs().max().item())
+            torch.testing.assert_close(g[k], g0[k], atol=atol, rtol=TOL["rtol"], msg=lambda m, k=k, label=label: f"{label} grad {k}: {m}")
+    # eval mode / no grad (the inference entry points)
+    with torch.no_grad():
+        e0 = copy.deepcopy(ref).eval()(x)
+        e2 = copy.deepcopy(fused_m).eval()(x)
+    torch.testing.assert_close(e2, e0, **TOL)
+
+
+def test_the_kernels_are_what_fused_runs(lib, monkeypatch) -> None:
+    """``impl="fused"`` on float32 CPU goes through the kernels (a failing stub proves it), and
+    float64 / ``turned_off`` take the torch-op path."""
+    calls: list[str] = []
+    monkeypatch.setattr(native, "ops", lambda: _Spy(lib, calls))
+    x = torch.randn(4, 5, 8)
+    with torch.no_grad():
+        DyT(8, impl="fused")(x)
+        AutoNorm(8, impl="fused")(x)
+        AFN(8, impl="fused").train()(x)
+    assert {"dyt_forward", "blend_forward", "token_mean", "channel_moments"} <= set(calls)
+    calls.clear()
+    with torch.no_grad():
+        DyT(8, impl="fused").double()(x.double())
+        with native.turned_off():
+            AutoNorm(8, impl="fused")(x)
+    assert calls == []
+
+
+class _Spy:
+    def __init__(self, lib, calls: list[str]) -> None:
+        self._lib, self._calls = lib, calls
+
+    def __getattr__(self, name: str):
+        self._calls.append(name)
+        return getattr(self._lib, name)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernels_thread_count_changes_only_rounding(lib, threads: int) -> None:
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        m = _randomise(AutoNorm(64, gate="soft", impl="fused")).train()
+        x = torch.randn(64, 65, 64)
+        y, g = _run(m, x, kernels=True)
+        torch.set_num_threads(1)
+        y1, g1 = _run(m, x, kernels=True)
+    finally:
+        torch.set_num_threads(prev)
+    torch.testing.assert_close(y, y1, atol=0, rtol=0)  # the forward is per-row: bit-identical
+    for k in g:
+        torch.testing.assert_close(g[k], g1[k], atol=TOL["atol"] * max(1.0, g1[k].abs().max().item()), rtol=TOL["rtol"])
+
+
+def test_partial_requires_grad_native_functions(lib) -> None:
+    """Every subset of inputs requiring grad gives the eager gradients (what frozen branches and
+    constant gates rely on)."""
+    base = [torch.randn(3, 4, 5), torch.rand(3), torch.randn(5), torch.randn(5), torch.tensor([0.7]), torch.randn(5), torch.randn(5)]
+
+    def blend_kernel(x, a, lw, lb, al, w, b):
+        return native.NativeBlendFunction.apply(x, a, lw, lb, al, w, b, 1e-6)
+
+    def blend_ref(x, a, lw, lb, al, w, b):
+        return fused.blend_reference(x, a, lw, lb, 1e-6, al, w, b)
+
+    cases = [
+        (blend_kernel, blend_ref, base),
+        (native.NativeDyTFunction.apply, fused.dyt_reference, [base[0], base[4], base[5], base[6]]),
+    ]
+    for fn, ref, inputs in cases:
+        for mask in itertools.product([False, True], repeat=len(inputs)):
+            if not any(mask):
+                continue
+            t1 = [t.clone().requires_grad_(m) for t, m in zip(inputs, mask)]
+            t2 = [t.clone().requires_grad_(m) for t, m in zip(inputs, mask)]
+            y1, y2 = fn(*t1), ref(*t2)
+            torch.testing.assert_close(y1, y2, **TOL)
+            g = torch.randn_like(y1)
+            (y1 * g).sum().backward()
+            (y2 * g).sum().backward()
+            for a, b in zip(t1, t2):
+                if a.requires_grad:
+                    torch.testing.assert_close(a.grad, b.grad, **TOL)
+
+
+def test_dyt_kernel_extreme_inputs(lib) -> None:
+    """The kernel's exp keeps tanh's limits and propagates NaN; saturated inputs give zero input
+    gradient, as tanh does."""
+    x = torch.tensor([[0.0, 1e-8, -1e-8, 0.5, -3.0, 30.0, -30.0, 1e4, -1e4, float("inf"), float("-inf"), 87.0, -90.0]])
+    alpha, w, b = torch.tensor([1.0]), torch.ones(x.shape[1]), torch.zeros(x.shape[1])
+    y = lib.dyt_forward(x, alpha, w, b)
+    torch.testing.assert_close(y, torch.tanh(x), atol=3e-7, rtol=0)
+    nan = lib.dyt_forward(torch.tensor([[float("nan"), 1.0]]), alpha, torch.ones(2), torch.zeros(2))
+    assert math.isnan(nan[0, 0].item()) and not math.isnan(nan[0, 1].item())
+    dx, _, _, _ = lib.dyt_backward(torch.ones_like(x), x, alpha, w)
+    ref = 1 - torch.tanh(x) ** 2
+    torch.testing.assert_close(dx[:, :9], ref[:, :9], atol=1e-6, rtol=0)
+    assert torch.isfinite(dx).all()
+
+
+def test_channel_moments_accurate_with_large_mean(lib) -> None:
+    """AFN's statistics: a large common offset does not swamp the variance (shifted sums with
+    double accumulators), unlike a naive float32 E[x^2] - E[x]^2."""
+    x = torch.randn(4096, 8) * 0.01 + 1000.0
+    mean, var = lib.channel_moments(x)
+    v64, m64 = torch.var_mean(x.double(), dim=0, unbiased=False)
+    torch.testing.assert_close(mean.double(), m64, atol=1e-4, rtol=0)
+    torch.testing.assert_close(var.double(), v64, atol=0, rtol=1e-3)
+
+
+def test_build_failure_falls_back_with_one_warning(monkeypatch) -> None:
+    saved = dict(native._state)
+    try:
+        native._reset_for_tests()
+
+        def broken() -> None:
+            raise RuntimeError("g++: command not found")
+
+        monkeypatch.setattr(native, "_build", broken)
+        x = torch.randn(2, 3, 4)
+        with pytest.warns(RuntimeWarning, match="could not be built.*g\\+\\+: command not found"):
+            y = DyT(4, impl="fused")(x)
+        torch.testing.assert_close(y, DyT(4)(x), **TOL)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once only
+            AutoNorm(4, impl="fused")(x)
+        st = native.status()
+        assert not st["available"] and "command not found" in st["error"]
+    finally:
+        native._state.update(saved)
+
+
+def test_build_key_depends_on_cpu_and_source(monkeypatch) -> None:
+    key = native.build_key()
+    monkeypatch.setattr(native, "_cpu_signature", lambda: "x86_64|flags: sse2")
+    assert native.build_key() != key  # a library built for another CPU is never loaded
+    assert len(key) == 16 and native.kernel_dir().name
+
+
+# ------------------------------------------------------------------------- Gumbel gate (2 classes)
+def test_two_class_gumbel_equals_gumbel_softmax_given_the_same_noise() -> None:
+    logits = torch.randn(256, 2, requires_grad=True)
+    g = -torch.log(-torch.log(torch.rand(256, 2)))  # Gumbel(0, 1)
+    tau = torch.tensor(0.7)
+    soft = F.softmax((logits + g) / tau, dim=-1)[:, 0]
+    d = logits[:, 0] - logits[:, 1]
+    a = straight_through_binary(d, g[:, 0] - g[:, 1], tau)
+    assert torch.equal(a.detach(), (soft.detach() >= 0.5).float())
+    (ga,) = torch.autograd.grad(a.sum(), logits)
+    (gs,) = torch.autograd.grad(soft.sum(), logits)
+    torch.testing.assert_close(ga, gs, atol=1e-6, rtol=1e-5)
+
+
+def test_gumbel_gate_choice_frequency_is_softmax_probability() -> None:
+    gate = GumbelGate(4).train()
+    with torch.no_grad():
+        gate.net.weight.zero_()
+        gate.net.bias.copy_(torch.tensor([0.8, -0.4]))  # p(LN) = sigmoid(1.2) = 0.769
+    a = gate(torch.zeros(40000, 4))
+    assert set(a.unique().tolist()) <= {0.0, 1.0}
+    assert abs(a.mean().item() - torch.sigmoid(torch.tensor(1.2)).item()) < 0.01
+    noise = logistic_noise(torch.empty(40000))
+    assert abs(noise.mean().item()) < 0.05 and abs(noise.var().item() - math.pi**2 / 3) < 0.1

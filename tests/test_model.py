@@ -61,7 +61,7 @@ def test_every_norm_point_gets_the_injected_norm():
 
 def test_attention_maps_are_softmax_rows_and_match_the_fused_forward():
     torch.manual_seed(0)
-    model = build_model(MODEL, NORMS["ln"], num_classes=10).eval()
+    model = build_model({**MODEL, "attention": "sdpa"}, NORMS["ln"], num_classes=10).eval()
     x = torch.randn(3, 3, 32, 32)
     maps = model.get_attention_maps(x)
     n_tokens = 1 + (32 // MODEL["patch_size"]) ** 2
@@ -111,3 +111,33 @@ def test_conv_stem_rejects_a_patch_size_that_is_not_a_power_of_two():
         ConvStem(32, 6, 3, 32)
     with pytest.raises(ValueError, match="model.stem"):
         VisionTransformer(stem="hexagon")
+
+
+def test_explicit_and_sdpa_attention_compute_the_same_function_and_gradients():
+    torch.manual_seed(0)
+    ref = build_model({**MODEL, "attention": "sdpa"}, NORMS["autonorm-soft"], num_classes=10).train()
+    alt = build_model({**MODEL, "attention": "explicit"}, NORMS["autonorm-soft"], num_classes=10).train()
+    alt.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+    for m in (ref, alt):
+        F.cross_entropy(m(x), y).backward()
+    torch.testing.assert_close(alt(x), ref(x), atol=1e-5, rtol=1e-4)
+    for (name, p), (_, q) in zip(ref.named_parameters(), alt.named_parameters()):
+        torch.testing.assert_close(q.grad, p.grad, atol=1e-5, rtol=1e-3, msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_auto_attention_is_explicit_on_cpu_for_short_sequences_only(monkeypatch):
+    calls = []
+    real = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x = torch.randn(2, 3, 32, 32)
+    short = build_model({**MODEL, "patch_size": 8}, NORMS["ln"], num_classes=10)  # 17 tokens
+    short(x)
+    assert calls == []
+    long_ = build_model({**MODEL, "patch_size": 4}, NORMS["ln"], num_classes=10)  # 65 tokens
+    long_(x)
+    assert len(calls) == MODEL["depth"]
+    with pytest.raises(Exception, match="model.attention='flash': choose one of"):  # wrapped by Hydra
+        build_model({**MODEL, "attention": "flash"}, NORMS["ln"], num_classes=10)
+

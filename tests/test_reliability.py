@@ -384,6 +384,7 @@ BAD_INPUTS: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = [
     ("patch-size-not-dividing", ("model.patch_size=5",), ("model.patch_size",)),
     ("conv-stem-patch-not-power-of-two", ("model.stem=conv", "model.patch_size=1"), ("model.patch_size", "power of two")),
     ("unknown-stem", ("model.stem=hexagon",), ("model.stem",)),
+    ("unknown-attention", ("model.attention=flash",), ("model.attention",)),
     ("pretrained-missing", (*FINETUNE, "transfer.pretrained={missing_ckpt}"), ("{missing_ckpt}", "not found")),
     ("pretrained-truncated", (*FINETUNE, "transfer.pretrained={truncated_ckpt}"), ("{truncated_ckpt}", "unreadable")),
     ("pretrained-other-architecture", (*FINETUNE, "transfer.pretrained={other_arch_ckpt}"), ("{other_arch_ckpt}", "does not fit")),

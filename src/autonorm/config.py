@@ -98,6 +98,7 @@ def _check_model(model: DictConfig, img_size: int = 32) -> None:
     size = _num(model.get("img_size", img_size), "model.img_size")
     _check(size % int(model.patch_size) == 0, "model.patch_size", f"must divide the image size {size}", model.patch_size)
     _check(size == 32, "model.img_size", "must be 32 (MNIST and CIFAR-10 are served as 32x32)", size)
+    _check(model.get("attention", "auto") in ("auto", "sdpa", "explicit"), "model.attention", "must be auto, sdpa or explicit", model.get("attention"))
     stem = model.get("stem", "patch")
     _check(stem in ("patch", "conv"), "model.stem", "must be patch or conv", stem)
     if stem == "conv":

@@ -180,7 +180,7 @@ def model_spec(name: str, quick: bool = False) -> ModelSpec:
     small = name == "vit_micro"
     if quick:
         return ModelSpec(name, cfg, batch, rounds=4, steps_per_round=2 if small else 1, warmup=1)
-    return ModelSpec(name, cfg, batch, rounds=7 if small else 5, steps_per_round=3 if small else 1, warmup=2 if small else 1)
+    return ModelSpec(name, cfg, batch, rounds=9 if small else 7, steps_per_round=3 if small else 1, warmup=2 if small else 1)
 
 
 def default_config(quick: bool = False, models: Optional[Sequence[str]] = None) -> BenchConfig:
@@ -215,6 +215,14 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
     }
+
+
+def native_status() -> dict[str, Any]:
+    """Whether ``impl=fused`` ran the C++ kernels (and why not, when it did not)."""
+    from autonorm.norms import native
+
+    st = native.status()
+    return {"available": st["available"], "error": st["error"]}
 
 
 def usable_cores() -> int:
@@ -728,6 +736,8 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         if fv
         else f"estimate 2*params*tokens: {sorted(flops_sources)}",
         "deploy_available": deploy_seen,
+        # which path impl=fused took: the C++ kernels (autonorm.norms.native) or the torch-op fallback
+        "native_kernels": native_status(),
         "ratios": {r["name"]: r for r in ratios},
         "all_pass": all(r["pass"] for r in ratios if not r["informational"]),
         "raw": raw,
@@ -752,6 +762,8 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
 def print_report(result: dict[str, Any]) -> None:
     """The RATIO lines, then a table (rich when installed, else plain text)."""
     ratios = list(result["ratios"].values())
+    nk = result.get("native_kernels") or {}
+    print(f"norm.impl=fused ran {'the C++ kernels' if nk.get('available') else 'the torch-op fallback: ' + str(nk.get('error'))}")
     for r in ratios:
         print(format_ratio_line(r), flush=True)
     rows = [

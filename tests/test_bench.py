@@ -68,8 +68,12 @@ def test_tiny_benchmark_json_and_ratio_lines(bench, tmp_path, capsys):
     assert data["ratios"]["data_path"]["op"] == ">="
     assert data["ratios"]["lightning_overhead"]["target"] == pytest.approx(1.03)
 
-    for key in ("machine", "torch", "threads", "date", "machine_busy", "loadavg", "raw", "flops_source"):
+    for key in ("machine", "torch", "threads", "date", "machine_busy", "loadavg", "raw", "flops_source", "native_kernels"):
         assert key in data
+    from autonorm.norms import native
+
+    if native.enabled():  # the figures are those of the C++ kernels, not of the fallback
+        assert data["native_kernels"]["available"] is True, data["native_kernels"]
     assert data["machine"]["cores"] >= 1 and data["machine"]["cpu_model"]
     assert isinstance(data["machine_busy"], bool)
     assert data["raw"]["train"]["tiny_test"]["matmul_gflops"] > 0
@@ -78,7 +82,9 @@ def test_tiny_benchmark_json_and_ratio_lines(bench, tmp_path, capsys):
 
     capsys.readouterr()
     bench.print_report(result)
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("RATIO")]
+    printed = capsys.readouterr().out
+    assert "norm.impl=fused ran the " in printed
+    lines = [ln for ln in printed.splitlines() if ln.startswith("RATIO")]
     assert len(lines) == len(data["ratios"])
     for ln in lines:
         assert RATIO_RE.match(ln), ln

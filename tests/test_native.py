@@ -266,3 +266,22 @@ def test_gumbel_gate_choice_frequency_is_softmax_probability() -> None:
     assert abs(a.mean().item() - torch.sigmoid(torch.tensor(1.2)).item()) < 0.01
     noise = logistic_noise(torch.empty(40000))
     assert abs(noise.mean().item()) < 0.05 and abs(noise.var().item() - math.pi**2 / 3) < 0.1
+
+
+def test_deployed_hard_gate_runs_one_kernel_and_matches_the_eval_model(lib, monkeypatch) -> None:
+    from autonorm.norms.deploy import DeployedDispatch
+
+    m = _randomise(AutoNorm(16, gate="gumbel", impl="fused")).eval()
+    d = DeployedDispatch(m)
+    x = torch.randn(32, 5, 16) * 2
+    with torch.inference_mode():
+        ref = m(x)
+        choices = d.decisions(x)
+        assert 0 < int(choices.sum()) < 32  # both branches occur
+        calls: list[str] = []
+        monkeypatch.setattr(native, "ops", lambda: _Spy(lib, calls))
+        out = d(x)
+    assert "select_forward" in calls
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    with native.turned_off(), torch.inference_mode():
+        torch.testing.assert_close(d(x), ref, **TOL)  # the index_select path agrees

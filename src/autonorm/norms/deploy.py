@@ -163,7 +163,9 @@ class DeployedBlend(_DeployedAutoNormBase):
 class DeployedDispatch(_DeployedAutoNormBase):
     """Hard-gated (Gumbel) AutoNorm for inference: per-sample dispatch to exactly one branch.
 
-    The decision ``logit_LN >= logit_DyT`` is the eval gate's argmax. The majority branch runs on
+    The decision ``logit_LN >= logit_DyT`` is the eval gate's argmax. On float32 CPU input one C++
+    kernel (:mod:`~autonorm.norms.native`) runs each sample's own branch in a single sweep.
+    Elsewhere the majority branch runs on
     the whole batch (one dense output buffer, which on CPU is cheaper than scattering two partial
     results into a fresh one) and the minority branch only on its samples, whose rows are then
     overwritten. While ``recording`` is True the module counts decisions in ``counts``
@@ -187,6 +189,13 @@ class DeployedDispatch(_DeployedAutoNormBase):
         """``x`` (B, N, C) -> LN(x_b) or DyT(x_b) per sample ``b``."""
         choose_ln = self.decisions(x)
         self.last_gate = choose_ln.to(x.dtype)
+        no_grad = not (torch.is_grad_enabled() and x.requires_grad)
+        if no_grad and not self.recording and native.usable(x, self.ln.weight, self.dyt.alpha) is not None:
+            # one kernel sweep: every sample runs only its own branch (no host sync, no gather);
+            # the kernel has no backward, so input gradients (saliency maps) take the path below
+            return native.ops().select_forward(  # type: ignore[union-attr]
+                x, choose_ln, self.ln.weight, self.ln.bias, float(self.ln.eps), self.dyt.alpha, self.dyt.weight, self.dyt.bias
+            )
         n_ln = int(choose_ln.sum())
         b = x.shape[0]
         if self.recording:

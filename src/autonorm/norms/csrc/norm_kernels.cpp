@@ -225,6 +225,63 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_forward(
   return {y, mean, rstd};
 }
 
+// Hard per-sample choice (a deployed Gumbel gate): y_b = LN(x_b) where use_ln[b] else DyT(x_b);
+// each sample runs only its own branch, in one sweep, with no gather or scatter.
+at::Tensor select_forward(const at::Tensor& x_in, const at::Tensor& use_ln_in, const at::Tensor& ln_weight,
+                          const at::Tensor& ln_bias, double eps, const at::Tensor& alpha, const at::Tensor& dyt_weight,
+                          const at::Tensor& dyt_bias) {
+  check_float_cpu(x_in, "x");
+  TORCH_CHECK(x_in.dim() == 3, "autonorm_native.select_forward: x must be (B, N, C)");
+  const at::Tensor x = x_in.contiguous();
+  const at::Tensor use_ln = use_ln_in.to(at::kBool).contiguous();
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+  TORCH_CHECK(use_ln.numel() == B, "autonorm_native.select_forward: one choice per sample");
+  at::Tensor y = at::empty_like(x);
+  std::vector<float> w2(C), sh(C);
+  const float* dw = dyt_weight.contiguous().data_ptr<float>();
+  const float* db = dyt_bias.contiguous().data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) { w2[c] = 2.0f * dw[c]; sh[c] = db[c] - dw[c]; }
+  const at::Tensor lw_t = ln_weight.contiguous(), lb_t = ln_bias.contiguous();
+  const float* lw = lw_t.data_ptr<float>();
+  const float* lb = lb_t.data_ptr<float>();
+  const float ta = 2.0f * alpha.contiguous().data_ptr<float>()[0];
+  const bool* up = use_ln.data_ptr<bool>();
+  const float* xp = x.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  const float* w2p = w2.data();
+  const float* shp = sh.data();
+  const float epsf = static_cast<float>(eps);
+  at::parallel_for(0, B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
+    const float* lwl = lw;  // local copies (see dyt_forward)
+    const float* lbl = lb;
+    const float* w2l = w2p;
+    const float* shl = shp;
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      for (int64_t n = 0; n < N; ++n) {
+        const int64_t r = bi * N + n;
+        const float* xr = xp + r * C;
+        float* yr = yp + r * C;
+        if (up[bi]) {
+          float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t c = 0; c < C; ++c) sum += xr[c];
+          const float mu = sum / C;
+          float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+          for (int64_t c = 0; c < C; ++c) { const float d = xr[c] - mu; sq += d * d; }
+          const float rs = 1.0f / std::sqrt(sq / C + epsf);
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mu) * rs * lwl[c] + lbl[c];
+        } else {
+#pragma omp simd
+          for (int64_t c = 0; c < C; ++c) yr[c] = w2l[c] * sigmoid_f(ta * xr[c]) + shl[c];
+        }
+      }
+    }
+  });
+  return y;
+}
+
 // Returns dx, da (B,), d ln_weight, d ln_bias, dalpha (1,), d dyt_weight, d dyt_bias.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> blend_backward(
     const at::Tensor& g_in, const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& rstd,
@@ -468,6 +525,9 @@ TORCH_LIBRARY(autonorm_native, m) {
       "blend_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor a, Tensor ln_weight, "
       "Tensor ln_bias, Tensor alpha, Tensor dyt_weight, Tensor dyt_bias) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "select_forward(Tensor x, Tensor use_ln, Tensor ln_weight, Tensor ln_bias, float eps, Tensor alpha, "
+      "Tensor dyt_weight, Tensor dyt_bias) -> Tensor");
   m.def("token_mean(Tensor x) -> Tensor");
   m.def("channel_moments(Tensor x) -> (Tensor, Tensor)");
   m.def("affine_param_grads(Tensor grad, Tensor x) -> (Tensor, Tensor)");
@@ -479,6 +539,7 @@ TORCH_LIBRARY_IMPL(autonorm_native, CPU, m) {
   m.impl("dyt_backward", &dyt_backward);
   m.impl("blend_forward", &blend_forward);
   m.impl("blend_backward", &blend_backward);
+  m.impl("select_forward", &select_forward);
   m.impl("token_mean", &token_mean);
   m.impl("channel_moments", &channel_moments);
   m.impl("affine_param_grads", &affine_param_grads);

@@ -363,3 +363,24 @@ def test_jpeg_round_trip_is_lossy_and_quality_ordered(x01: torch.Tensor) -> None
     q80, q40 = fn(x01, 1, None), fn(x01, 5, None)
     assert torch.allclose(q80 * 255, (q80 * 255).round(), atol=1e-4)  # decoded uint8 values
     assert _mad(q40, x01) > _mad(q80, x01) > 0
+
+
+def test_flops_are_the_models_whatever_the_implementation() -> None:
+    """The C++ norm kernels are opaque to fvcore's tracer and the explicit attention path traces
+    as matmuls: count_flops counts the model, so every implementation reports the same FLOPs."""
+    from functools import partial
+
+    from autonorm.norms import AutoNorm, DyT
+
+    for make in (partial(DyT, alpha_init=0.5), partial(AutoNorm, gate="soft")):
+        counts = []
+        for impl in ("eager", "fused"):
+            for attention in ("sdpa", "explicit"):
+                torch.manual_seed(0)
+                vit = VisionTransformer(patch_size=8, embed_dim=16, depth=2, num_heads=2, attention=attention,
+                                        norm_layer=partial(make, impl=impl))
+                counts.append(count_flops(vit))
+        assert all(c["norm"] > 0 for c in counts)
+        assert len({c["total"] for c in counts}) == 1, [c["total"] for c in counts]
+        assert len({c["norm"] for c in counts}) == 1
+        assert counts[-1]["by_operator"].get("scaled_dot_product_attention", 0) > 0

@@ -201,23 +201,34 @@ class AFN(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f"AFN expected last dimension {self.dim}, got shape {tuple(x.shape)}")
-        kernels = self._kernels(x)
+        if self._kernels(x):
+            return self._forward_kernels(x)
         if self.training:
             if x.numel() // self.dim < 2:
                 raise ValueError("AFN needs more than one value per channel in training mode")
-            if kernels:
-                mu, var = native.channel_moments(x.reshape(-1, self.dim))
-                count: Union[int, torch.Tensor] = x.numel() // self.dim
-            else:
-                mu, var, count = self._batch_moments(x)
+            mu, var, count = self._batch_moments(x)
             self._update_running(mu.detach(), var.detach(), count)
         else:
             mu, var = self.running_mean.float(), self.running_var.float()
         scale, shift = self._affine(mu, var, x.device.type)
-        if kernels:
-            return native.channel_affine(x.reshape(-1, self.dim), scale, shift).view(x.shape)
         # Computed in float32 and returned in x's dtype.
         return torch.addcmul(shift, x.float(), scale).to(x.dtype)
+
+    def _forward_kernels(self, x: torch.Tensor) -> torch.Tensor:
+        """The same function through the C++ kernels (float32 CPU input, ``impl="fused"``)."""
+        x2 = x.reshape(-1, self.dim)
+        if self.training:
+            if x2.shape[0] < 2:
+                raise ValueError("AFN needs more than one value per channel in training mode")
+            y, mu, var = native.batch_affine_norm(x2, self._affine_cpu, list(self.parameters()))
+            self._update_running(mu, var, x2.shape[0])
+        else:
+            scale, shift = self._affine(self.running_mean.float(), self.running_var.float(), "cpu")
+            y = native.affine(x2, scale, shift)
+        return y.view(x.shape)
+
+    def _affine_cpu(self, mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._affine(mu, var, "cpu")
 
     def _kernels(self, x: torch.Tensor) -> bool:
         """Whether this forward runs through the C++ kernels (``impl="fused"``, float32 CPU input,

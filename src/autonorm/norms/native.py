@@ -28,7 +28,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -228,45 +228,53 @@ class TokenMeanFunction(torch.autograd.Function):
         return (dh / n).unsqueeze(1).expand(b, n, c)
 
 
-class ChannelMomentsFunction(torch.autograd.Function):
-    """Per-channel mean and biased variance of ``x`` (M, C) over rows (one sweep, double
-    accumulators). Backward: ``dx = dmean / M + 2 dvar (x - mean) / M`` (one sweep)."""
+class BatchAffineNormFunction(torch.autograd.Function):
+    """AFN's training forward ``y = x * scale + shift`` for ``x`` (M, C), where ``(scale, shift) =
+    affine_fn(mean, var)`` of the batch statistics (AFN's encoder-decoders and lambdas: a small
+    graph over (C,) vectors and the module's parameters).
+
+    Forward: the statistics in one sweep, ``affine_fn`` recorded as a small autograd graph of
+    its own, ``y`` in one sweep. Backward: ``dscale = sum g x`` and ``dshift = sum g`` in one
+    sweep, the small graph's backward (``torch.autograd.grad``) for ``dmean``, ``dvar`` and the
+    parameters, then ``dx = g scale + dmean / M + 2 dvar (x - mean) / M`` in one sweep. Eager
+    autograd needs about six full-size passes for the same gradients.
+
+    Returns ``(y, mean, var)``; ``mean`` and ``var`` are not differentiable outputs (for the
+    running statistics).
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        mean, var = ops().channel_moments(x)  # type: ignore[union-attr]
+    def forward(ctx: Any, x: torch.Tensor, affine_fn: Callable[..., Any], *params: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        lib = ops()
+        mean, var = lib.channel_moments(x)  # type: ignore[union-attr]
+        with torch.enable_grad():
+            mu = mean.detach().requires_grad_(True)
+            v = var.detach().requires_grad_(True)
+            scale, shift = affine_fn(mu, v)
+        y = lib.affine_forward(x, scale.detach(), shift.detach())  # type: ignore[union-attr]
         ctx.save_for_backward(x, mean)
-        return mean, var
+        ctx.inner = (mu, v, scale, shift, params)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: Any, dmean: Optional[torch.Tensor], dvar: Optional[torch.Tensor]) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor, *_: Any) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
         x, mean = ctx.saved_tensors
-        m = x.shape[0]
-        dmean = torch.zeros_like(mean) if dmean is None else dmean
-        k1 = torch.zeros_like(mean) if dvar is None else dvar * (2.0 / m)
-        k0 = dmean / m - k1 * mean
-        return torch.addcmul(k0, x, k1)
-
-
-class ChannelAffineFunction(torch.autograd.Function):
-    """``y = x * scale + shift`` for ``x`` (M, C); backward: ``dx = g scale`` and the per-channel
-    sums ``dscale = sum g x``, ``dshift = sum g`` in one sweep."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(x, scale)
-        return torch.addcmul(shift, x, scale)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Optional[torch.Tensor], ...]:  # type: ignore[override]
-        x, scale = ctx.saved_tensors
-        need_x, need_scale, need_shift = ctx.needs_input_grad[:3]
-        dscale = dshift = None
-        if need_scale or need_shift:
-            dscale, dshift = ops().affine_param_grads(g, x)  # type: ignore[union-attr]
-        return (g * scale if need_x else None), dscale, dshift
+        mu, v, scale, shift, params = ctx.inner
+        lib = ops()
+        dscale, dshift = lib.affine_param_grads(g, x)  # type: ignore[union-attr]
+        wanted = [p for p in params if p.requires_grad]
+        grads = torch.autograd.grad((scale, shift), (mu, v, *wanted), (dscale, dshift), allow_unused=True)
+        dx = None
+        if ctx.needs_input_grad[0]:
+            m = x.shape[0]
+            dmean = grads[0] if grads[0] is not None else torch.zeros_like(mean)
+            k1 = grads[1] * (2.0 / m) if grads[1] is not None else torch.zeros_like(mean)
+            k0 = dmean / m - k1 * mean
+            dx = lib.affine_input_grad(g.contiguous(), x, scale.detach(), k0, k1)  # type: ignore[union-attr]
+        rest = iter(grads[2:])
+        return (dx, None, *[next(rest) if p.requires_grad else None for p in params])
 
 
 def _needs_grad(*tensors: torch.Tensor) -> bool:
@@ -306,18 +314,26 @@ def token_mean(x: torch.Tensor) -> torch.Tensor:
     return ops().token_mean(x)  # type: ignore[union-attr]
 
 
-def channel_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel ``(mean, biased var)`` of ``x`` (M, C) over rows, differentiable."""
-    if _needs_grad(x):
-        return ChannelMomentsFunction.apply(x.contiguous())
-    return ops().channel_moments(x)  # type: ignore[union-attr]
+def batch_affine_norm(
+    x: torch.Tensor, affine_fn: Callable[..., Any], params: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """AFN's training forward through the kernels: ``(y, mean, var)`` for ``x`` (M, C) with
+    ``(scale, shift) = affine_fn(mean, var)`` built from ``params`` (see
+    :class:`BatchAffineNormFunction`; without autograd, the same in three calls)."""
+    if _needs_grad(x, *params):
+        return BatchAffineNormFunction.apply(x.contiguous(), affine_fn, *params)
+    lib = ops()
+    mean, var = lib.channel_moments(x)  # type: ignore[union-attr]
+    scale, shift = affine_fn(mean, var)
+    return lib.affine_forward(x, scale, shift), mean, var  # type: ignore[union-attr]
 
 
-def channel_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``x * scale + shift`` for ``x`` (M, C), differentiable, one-sweep parameter gradients."""
+def affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``x * scale + shift`` for ``x`` (M, C): one kernel sweep without autograd, ``addcmul``
+    (differentiable) when a gradient is needed."""
     if _needs_grad(x, scale, shift):
-        return ChannelAffineFunction.apply(x.contiguous(), scale, shift)
-    return torch.addcmul(shift, x, scale)
+        return torch.addcmul(shift, x, scale)
+    return ops().affine_forward(x, scale, shift)  # type: ignore[union-attr]
 
 
 def _reset_for_tests() -> None:
@@ -327,10 +343,10 @@ def _reset_for_tests() -> None:
 
 __all__ = [
     "SOURCE",
+    "affine",
+    "batch_affine_norm",
     "blend",
     "build_key",
-    "channel_affine",
-    "channel_moments",
     "dyt",
     "enabled",
     "kernel_dir",

@@ -487,6 +487,31 @@ std::tuple<at::Tensor, at::Tensor> affine_param_grads(const at::Tensor& g_in, co
   return {to_tensor(tot, 0, C), to_tensor(tot, C, C)};
 }
 
+// y = x * scale + shift for x (rows, C) (AFN's output; one sweep).
+at::Tensor affine_forward(const at::Tensor& x_in, const at::Tensor& scale, const at::Tensor& shift) {
+  check_float_cpu(x_in, "x");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t C = x.size(-1);
+  const int64_t M = x.numel() / C;
+  at::Tensor y = at::empty_like(x);
+  const at::Tensor sc = scale.contiguous(), sh = shift.contiguous();
+  const float* xp = x.data_ptr<float>();
+  const float* scp = sc.data_ptr<float>();
+  const float* shp = sh.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, M, row_grain(C), [=](int64_t r0, int64_t r1) {
+    const float* scl = scp;  // local copies (see dyt_forward)
+    const float* shl = shp;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* xr = xp + r * C;
+      float* yr = yp + r * C;
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) yr[c] = xr[c] * scl[c] + shl[c];
+    }
+  });
+  return y;
+}
+
 at::Tensor affine_input_grad(const at::Tensor& g_in, const at::Tensor& x_in, const at::Tensor& scale,
                              const at::Tensor& k0, const at::Tensor& k1) {
   const at::Tensor g = g_in.contiguous();
@@ -530,6 +555,7 @@ TORCH_LIBRARY(autonorm_native, m) {
       "Tensor dyt_weight, Tensor dyt_bias) -> Tensor");
   m.def("token_mean(Tensor x) -> Tensor");
   m.def("channel_moments(Tensor x) -> (Tensor, Tensor)");
+  m.def("affine_forward(Tensor x, Tensor scale, Tensor shift) -> Tensor");
   m.def("affine_param_grads(Tensor grad, Tensor x) -> (Tensor, Tensor)");
   m.def("affine_input_grad(Tensor grad, Tensor x, Tensor scale, Tensor k0, Tensor k1) -> Tensor");
 }
@@ -542,6 +568,7 @@ TORCH_LIBRARY_IMPL(autonorm_native, CPU, m) {
   m.impl("select_forward", &select_forward);
   m.impl("token_mean", &token_mean);
   m.impl("channel_moments", &channel_moments);
+  m.impl("affine_forward", &affine_forward);
   m.impl("affine_param_grads", &affine_param_grads);
   m.impl("affine_input_grad", &affine_input_grad);
 }

@@ -38,8 +38,6 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..norms import native
-
 __all__ = ["FLOP_CONVENTION", "count_flops", "count_params", "measure_latency", "profile_model"]
 
 FLOP_CONVENTION = (
@@ -153,14 +151,16 @@ def count_flops(model: nn.Module, img_size: int = 32, in_chans: int = 3) -> dict
     fvcore_logger = logging.getLogger("fvcore")
     old_level = fvcore_logger.level
     fvcore_logger.setLevel(logging.ERROR)
-    # Count the model's FLOPs, not those of an implementation: trace the torch-op norms (the C++
-    # kernels are opaque to the tracer) and the fused attention op (one handle for every choice).
-    attn_modules = [m for m in model.modules() if hasattr(m, "attention") and hasattr(m, "explicit")]
-    attn_saved = [m.attention for m in attn_modules]
+    # Count the model's FLOPs, not those of an implementation: trace the eager norm formulas (the
+    # C++ kernels are opaque to the tracer, the sigmoid identity of impl=fused counts differently)
+    # and the fused attention op (one handle, whichever attention path runs).
+    switched = [(m, "impl", "eager") for m in model.modules() if isinstance(getattr(m, "impl", None), str)]
+    switched += [(m, "attention", "sdpa") for m in model.modules() if hasattr(m, "attention") and hasattr(m, "explicit")]
+    saved = [getattr(m, attr) for m, attr, _ in switched]
     try:
-        for m in attn_modules:
-            m.attention = "sdpa"
-        with torch.no_grad(), warnings.catch_warnings(), native.turned_off():
+        for m, attr, value in switched:
+            setattr(m, attr, value)
+        with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fa = FlopCountAnalysis(model, x)
             fa.set_op_handle(**_extra_handles())
@@ -174,8 +174,8 @@ def count_flops(model: nn.Module, img_size: int = 32, in_chans: int = 3) -> dict
     finally:
         fvcore_logger.setLevel(old_level)
         model.train(was_training)
-        for m, a in zip(attn_modules, attn_saved):
-            m.attention = a
+        for (m, attr, _), value in zip(switched, saved):
+            setattr(m, attr, value)
     by_norm = {name: int(by_module.get(name, 0)) for name, _ in _norm_points(model)}
     norm = int(sum(by_norm.values()))
     return {

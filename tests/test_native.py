@@ -285,3 +285,15 @@ def test_deployed_hard_gate_runs_one_kernel_and_matches_the_eval_model(lib, monk
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
     with native.turned_off(), torch.inference_mode():
         torch.testing.assert_close(d(x), ref, **TOL)  # the index_select path agrees
+
+
+def test_torch_compile_traces_the_torch_op_path(lib) -> None:
+    """Under torch.compile (e.g. trainer.compile=true on CPU) impl=fused takes the traceable
+    torch-op path; the compiled module computes the same function."""
+    m = _randomise(AutoNorm(8, gate="soft", impl="fused")).train()
+    x = torch.randn(4, 5, 8, requires_grad=True)
+    compiled = torch.compile(m, backend="aot_eager")
+    y = compiled(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, m(x), **TOL)
+    assert x.grad is not None and torch.isfinite(x.grad).all()

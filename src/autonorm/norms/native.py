@@ -140,8 +140,9 @@ def ops() -> Optional[Any]:
 
 def usable(*tensors: torch.Tensor) -> Optional[Any]:
     """The kernels if every tensor is a float32 CPU tensor and the kernels are available (and
-    not inside :func:`turned_off`)."""
-    if _state["off"]:
+    not inside :func:`turned_off`). Under ``torch.compile`` tracing: None (the torch-op path,
+    which the compiler can trace and fuse; the kernels have no fake-tensor implementation)."""
+    if _state["off"] or torch.compiler.is_compiling():
         return None
     for t in tensors:
         if t.device.type != "cpu" or t.dtype != torch.float32:

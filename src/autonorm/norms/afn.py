@@ -68,9 +68,9 @@ class AFN(nn.Module):
     ``impl``: ``"eager"`` computes the statistics with ``var_mean`` and the output with one fused
     multiply-add ``x * scale + shift`` (the encoder-decoders act on (1, C) vectors); ``"fused"``
     computes the same on float32 CPU inputs with the C++ kernels of :mod:`autonorm.norms.native`
-    (statistics in one sweep with double accumulators; the multiply-add's backward in one sweep),
-    elsewhere like ``"eager"``; ``"compiled"`` runs the forward through ``torch.compile`` (lazily, eager fallback on
-    failure). In eval mode the whole layer is a per-channel affine map, see :meth:`eval_affine`.
+    (:class:`~autonorm.norms.native.BatchAffineNormFunction`: statistics with double accumulators,
+    output, and both backward sweeps, one sweep each), elsewhere like ``"eager"``; ``"compiled"``
+    runs the forward through ``torch.compile`` (lazily, eager fallback on failure). In eval mode the whole layer is a per-channel affine map, see :meth:`eval_affine`.
     """
 
     impl: str = "eager"

@@ -4,7 +4,6 @@ the shapes and thread counts training uses), and a failed build falls back clean
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 import warnings
 
@@ -15,6 +14,7 @@ from torch import nn
 
 from autonorm.norms import AFN, AutoNorm, DyT, GumbelGate, fused, native
 from autonorm.norms.gates import logistic_noise, straight_through_binary
+from grad_helpers import assert_every_requires_grad_subset_matches
 
 pytestmark = pytest.mark.skipif(not native.enabled(), reason="AUTONORM_NATIVE=0: the C++ kernels are turned off")
 
@@ -168,24 +168,9 @@ def test_partial_requires_grad_native_functions(lib) -> None:
     def blend_ref(x, a, lw, lb, al, w, b):
         return fused.blend_reference(x, a, lw, lb, 1e-6, al, w, b)
 
-    cases = [
-        (blend_kernel, blend_ref, base),
-        (native.NativeDyTFunction.apply, fused.dyt_reference, [base[0], base[4], base[5], base[6]]),
-    ]
-    for fn, ref, inputs in cases:
-        for mask in itertools.product([False, True], repeat=len(inputs)):
-            if not any(mask):
-                continue
-            t1 = [t.clone().requires_grad_(m) for t, m in zip(inputs, mask)]
-            t2 = [t.clone().requires_grad_(m) for t, m in zip(inputs, mask)]
-            y1, y2 = fn(*t1), ref(*t2)
-            torch.testing.assert_close(y1, y2, **TOL)
-            g = torch.randn_like(y1)
-            (y1 * g).sum().backward()
-            (y2 * g).sum().backward()
-            for a, b in zip(t1, t2):
-                if a.requires_grad:
-                    torch.testing.assert_close(a.grad, b.grad, **TOL)
+    assert_every_requires_grad_subset_matches(blend_kernel, blend_ref, base, **TOL)
+    dyt_inputs = [base[0], base[4], base[5], base[6]]
+    assert_every_requires_grad_subset_matches(native.NativeDyTFunction.apply, fused.dyt_reference, dyt_inputs, **TOL)
 
 
 def test_dyt_kernel_extreme_inputs(lib) -> None:

@@ -79,6 +79,36 @@ at::Tensor to_tensor(const std::vector<double>& v, int64_t begin, int64_t len) {
   return t;
 }
 
+// DyT's affine in the form every kernel uses: DyT(x) = (2w) s + (b - w), s = sigmoid(2 alpha x).
+// The contiguous tensors are held while their pointers are read.
+struct DytAffine {
+  std::vector<float> w2, sh;  // 2 w and b - w (sh is zero without a bias)
+  float ta;                   // 2 alpha
+  DytAffine(const at::Tensor& alpha, const at::Tensor& weight, const at::Tensor& bias = at::Tensor()) {
+    const at::Tensor w = weight.contiguous();
+    const at::Tensor b = bias.defined() ? bias.contiguous() : at::zeros_like(w);
+    const int64_t C = w.numel();
+    const float* wp = w.data_ptr<float>();
+    const float* bp = b.data_ptr<float>();
+    w2.resize(C);
+    sh.resize(C);
+    for (int64_t c = 0; c < C; ++c) { w2[c] = 2.0f * wp[c]; sh[c] = bp[c] - wp[c]; }
+    ta = 2.0f * alpha.contiguous().data_ptr<float>()[0];
+  }
+};
+
+// LayerNorm statistics of one row (two passes over it, in L1): mean and 1 / sqrt(biased var + eps).
+inline void row_stats(const float* xr, int64_t C, float eps, float& mu, float& rs) {
+  float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t c = 0; c < C; ++c) sum += xr[c];
+  mu = sum / C;
+  float sq = 0.0f;
+#pragma omp simd reduction(+ : sq)
+  for (int64_t c = 0; c < C; ++c) { const float d = xr[c] - mu; sq += d * d; }
+  rs = 1.0f / std::sqrt(sq / C + eps);
+}
+
 // ------------------------------------------------------------------------------------------ DyT
 at::Tensor dyt_forward(const at::Tensor& x_in, const at::Tensor& alpha, const at::Tensor& weight, const at::Tensor& bias) {
   check_float_cpu(x_in, "x");
@@ -87,15 +117,12 @@ at::Tensor dyt_forward(const at::Tensor& x_in, const at::Tensor& alpha, const at
   TORCH_CHECK(x.numel() % C == 0, "autonorm_native.dyt_forward: last dimension must be ", C);
   const int64_t M = x.numel() / C;
   at::Tensor y = at::empty_like(x);
-  const float ta = 2.0f * alpha.contiguous().data_ptr<float>()[0];
-  std::vector<float> w2(C), sh(C);
-  const float* w = weight.contiguous().data_ptr<float>();
-  const float* b = bias.contiguous().data_ptr<float>();
-  for (int64_t c = 0; c < C; ++c) { w2[c] = 2.0f * w[c]; sh[c] = b[c] - w[c]; }
+  const DytAffine d(alpha, weight, bias);
+  const float ta = d.ta;
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const float* w2p = w2.data();
-  const float* shp = sh.data();
+  const float* w2p = d.w2.data();
+  const float* shp = d.sh.data();
   at::parallel_for(0, M, row_grain(C), [=](int64_t r0, int64_t r1) {
     // local copies: g++ turns loads through captured pointers inside `omp simd` into gathers
     const float* w2l = w2p;
@@ -119,14 +146,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dyt_backward(
   const int64_t C = weight.numel();
   const int64_t M = x.numel() / C;
   at::Tensor dx = at::empty_like(x);
-  const float ta = 2.0f * alpha.contiguous().data_ptr<float>()[0];
-  std::vector<float> w2(C);
-  const float* w = weight.contiguous().data_ptr<float>();
-  for (int64_t c = 0; c < C; ++c) w2[c] = 2.0f * w[c];
+  const DytAffine d(alpha, weight);
+  const float ta = d.ta;
   const float* xp = x.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
-  const float* w2p = w2.data();
+  const float* w2p = d.w2.data();
   // partial layout: [dw (C) | db (C) | dalpha (1)]
   Partials part(2 * C + 1);
   at::parallel_for(0, M, row_grain(C), [=, &part](int64_t r0, int64_t r1) {
@@ -164,12 +189,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dyt_backward(
 }
 
 // ------------------------------------------------------------------------------ AutoNorm blend
-struct BlendParams {
-  int64_t B, N, C;
-  float ta, eps;
-  const float *a, *lw, *lb, *w2, *sh;  // sh = b_dyt - w_dyt, w2 = 2 w_dyt
-};
-
 // y = a LN(x) + (1 - a) DyT(x); writes mean and rstd (B * N) when given (training).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_forward(
     const at::Tensor& x_in, const at::Tensor& a_in, const at::Tensor& ln_weight, const at::Tensor& ln_bias, double eps,
@@ -182,37 +201,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_forward(
   at::Tensor y = at::empty_like(x);
   at::Tensor mean = save_stats ? at::empty({B * N}, at::kFloat) : at::Tensor();
   at::Tensor rstd = save_stats ? at::empty({B * N}, at::kFloat) : at::Tensor();
-  std::vector<float> w2(C), sh(C);
-  const float* dw = dyt_weight.contiguous().data_ptr<float>();
-  const float* db = dyt_bias.contiguous().data_ptr<float>();
-  for (int64_t c = 0; c < C; ++c) { w2[c] = 2.0f * dw[c]; sh[c] = db[c] - dw[c]; }
+  const DytAffine d(alpha, dyt_weight, dyt_bias);
+  const float ta = d.ta;
   const at::Tensor lw_t = ln_weight.contiguous(), lb_t = ln_bias.contiguous();
   const float* lw = lw_t.data_ptr<float>();
   const float* lb = lb_t.data_ptr<float>();
-  const float ta = 2.0f * alpha.contiguous().data_ptr<float>()[0];
   const float* ap = a.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   float* mp = save_stats ? mean.data_ptr<float>() : nullptr;
   float* rp = save_stats ? rstd.data_ptr<float>() : nullptr;
   const float epsf = static_cast<float>(eps);
+  const float* w2p = d.w2.data();
+  const float* shp = d.sh.data();
   at::parallel_for(0, B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
-    std::vector<float> A(C), Bc(C), P(C), Q(C);
+    std::vector<float> A(C), Bc(C), P(C);
     for (int64_t bi = b0; bi < b1; ++bi) {
       const float av = ap[bi], k = 1.0f - av;
-      for (int64_t c = 0; c < C; ++c) { A[c] = av * lw[c]; Bc[c] = av * lb[c] + k * sh[c]; P[c] = k * w2[c]; }
+      for (int64_t c = 0; c < C; ++c) { A[c] = av * lw[c]; Bc[c] = av * lb[c] + k * shp[c]; P[c] = k * w2p[c]; }
       for (int64_t n = 0; n < N; ++n) {
         const int64_t r = bi * N + n;
         const float* xr = xp + r * C;
         float* yr = yp + r * C;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t c = 0; c < C; ++c) sum += xr[c];
-        const float mu = sum / C;
-        float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-        for (int64_t c = 0; c < C; ++c) { const float d = xr[c] - mu; sq += d * d; }
-        const float rs = 1.0f / std::sqrt(sq / C + epsf);
+        float mu, rs;
+        row_stats(xr, C, epsf, mu, rs);
         if (mp) { mp[r] = mu; rp[r] = rs; }
         const float* Ap = A.data();
         const float* Bp = Bc.data();
@@ -237,19 +249,16 @@ at::Tensor select_forward(const at::Tensor& x_in, const at::Tensor& use_ln_in, c
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   TORCH_CHECK(use_ln.numel() == B, "autonorm_native.select_forward: one choice per sample");
   at::Tensor y = at::empty_like(x);
-  std::vector<float> w2(C), sh(C);
-  const float* dw = dyt_weight.contiguous().data_ptr<float>();
-  const float* db = dyt_bias.contiguous().data_ptr<float>();
-  for (int64_t c = 0; c < C; ++c) { w2[c] = 2.0f * dw[c]; sh[c] = db[c] - dw[c]; }
+  const DytAffine d(alpha, dyt_weight, dyt_bias);
+  const float ta = d.ta;
   const at::Tensor lw_t = ln_weight.contiguous(), lb_t = ln_bias.contiguous();
   const float* lw = lw_t.data_ptr<float>();
   const float* lb = lb_t.data_ptr<float>();
-  const float ta = 2.0f * alpha.contiguous().data_ptr<float>()[0];
   const bool* up = use_ln.data_ptr<bool>();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const float* w2p = w2.data();
-  const float* shp = sh.data();
+  const float* w2p = d.w2.data();
+  const float* shp = d.sh.data();
   const float epsf = static_cast<float>(eps);
   at::parallel_for(0, B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
     const float* lwl = lw;  // local copies (see dyt_forward)
@@ -262,14 +271,8 @@ at::Tensor select_forward(const at::Tensor& x_in, const at::Tensor& use_ln_in, c
         const float* xr = xp + r * C;
         float* yr = yp + r * C;
         if (up[bi]) {
-          float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t c = 0; c < C; ++c) sum += xr[c];
-          const float mu = sum / C;
-          float sq = 0.0f;
-#pragma omp simd reduction(+ : sq)
-          for (int64_t c = 0; c < C; ++c) { const float d = xr[c] - mu; sq += d * d; }
-          const float rs = 1.0f / std::sqrt(sq / C + epsf);
+          float mu, rs;
+          row_stats(xr, C, epsf, mu, rs);
 #pragma omp simd
           for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - mu) * rs * lwl[c] + lbl[c];
         } else {
@@ -294,14 +297,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   at::Tensor dx = at::empty_like(x);
   at::Tensor da = at::empty({B}, at::kFloat);
-  std::vector<float> w2(C), sh(C);
-  const float* dw = dyt_weight.contiguous().data_ptr<float>();
-  const float* db = dyt_bias.contiguous().data_ptr<float>();
-  for (int64_t c = 0; c < C; ++c) { w2[c] = 2.0f * dw[c]; sh[c] = db[c] - dw[c]; }
+  const DytAffine d(alpha, dyt_weight, dyt_bias);
+  const float ta = d.ta;
   const at::Tensor lw_t = ln_weight.contiguous(), lb_t = ln_bias.contiguous();
   const float* lw = lw_t.data_ptr<float>();
   const float* lb = lb_t.data_ptr<float>();
-  const float ta = 2.0f * alpha.contiguous().data_ptr<float>()[0];
   const float* ap = a.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
@@ -309,8 +309,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const float* rp = rstd.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
   float* dap = da.data_ptr<float>();
-  const float* w2p = w2.data();
-  const float* shp = sh.data();
+  const float* w2p = d.w2.data();
+  const float* shp = d.sh.data();
   const float invC = 1.0f / static_cast<float>(C);
   // partial layout: [dlw | dlb | ddw | ddb] (4C) + dalpha (1)
   Partials part(4 * C + 1);

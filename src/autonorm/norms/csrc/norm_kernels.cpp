@@ -97,6 +97,20 @@ struct DytAffine {
   }
 };
 
+// Both branches' parameters of an AutoNorm point: LayerNorm's affine (contiguous, held) and DyT's.
+struct BranchParams {
+  at::Tensor lw_t, lb_t;
+  const float *lw, *lb;
+  DytAffine dyt;
+  BranchParams(const at::Tensor& ln_weight, const at::Tensor& ln_bias, const at::Tensor& alpha,
+               const at::Tensor& dyt_weight, const at::Tensor& dyt_bias)
+      : lw_t(ln_weight.contiguous()),
+        lb_t(ln_bias.contiguous()),
+        lw(lw_t.data_ptr<float>()),
+        lb(lb_t.data_ptr<float>()),
+        dyt(alpha, dyt_weight, dyt_bias) {}
+};
+
 // LayerNorm statistics of one row (two passes over it, in L1): mean and 1 / sqrt(biased var + eps).
 inline void row_stats(const float* xr, int64_t C, float eps, float& mu, float& rs) {
   float sum = 0.0f;
@@ -201,11 +215,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_forward(
   at::Tensor y = at::empty_like(x);
   at::Tensor mean = save_stats ? at::empty({B * N}, at::kFloat) : at::Tensor();
   at::Tensor rstd = save_stats ? at::empty({B * N}, at::kFloat) : at::Tensor();
-  const DytAffine d(alpha, dyt_weight, dyt_bias);
+  const BranchParams bp(ln_weight, ln_bias, alpha, dyt_weight, dyt_bias);
+  const DytAffine& d = bp.dyt;
   const float ta = d.ta;
-  const at::Tensor lw_t = ln_weight.contiguous(), lb_t = ln_bias.contiguous();
-  const float* lw = lw_t.data_ptr<float>();
-  const float* lb = lb_t.data_ptr<float>();
+  const float* lw = bp.lw;
+  const float* lb = bp.lb;
   const float* ap = a.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -249,11 +263,11 @@ at::Tensor select_forward(const at::Tensor& x_in, const at::Tensor& use_ln_in, c
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   TORCH_CHECK(use_ln.numel() == B, "autonorm_native.select_forward: one choice per sample");
   at::Tensor y = at::empty_like(x);
-  const DytAffine d(alpha, dyt_weight, dyt_bias);
+  const BranchParams bp(ln_weight, ln_bias, alpha, dyt_weight, dyt_bias);
+  const DytAffine& d = bp.dyt;
   const float ta = d.ta;
-  const at::Tensor lw_t = ln_weight.contiguous(), lb_t = ln_bias.contiguous();
-  const float* lw = lw_t.data_ptr<float>();
-  const float* lb = lb_t.data_ptr<float>();
+  const float* lw = bp.lw;
+  const float* lb = bp.lb;
   const bool* up = use_ln.data_ptr<bool>();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -297,11 +311,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
   at::Tensor dx = at::empty_like(x);
   at::Tensor da = at::empty({B}, at::kFloat);
-  const DytAffine d(alpha, dyt_weight, dyt_bias);
+  const BranchParams bp(ln_weight, ln_bias, alpha, dyt_weight, dyt_bias);
+  const DytAffine& d = bp.dyt;
   const float ta = d.ta;
-  const at::Tensor lw_t = ln_weight.contiguous(), lb_t = ln_bias.contiguous();
-  const float* lw = lw_t.data_ptr<float>();
-  const float* lb = lb_t.data_ptr<float>();
+  const float* lw = bp.lw;
+  const float* lb = bp.lb;
   const float* ap = a.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   const float* gp = g.data_ptr<float>();

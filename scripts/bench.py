@@ -339,10 +339,10 @@ def build(spec: ModelSpec, variant: str, num_classes: int = 10) -> nn.Module:
     return build_model(spec.cfg, norm_cfg(variant), num_classes)
 
 
-def _train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def _train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, foreach: bool = True) -> Callable[[], None]:
     model.train()
     # foreach as in training (optim.foreach, default true)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, foreach=bool(optim_cfg().get("foreach", True)))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, foreach=foreach)
 
     def step() -> None:
         loss = F.cross_entropy(model(x), y)
@@ -419,10 +419,11 @@ def measure_training(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     x, y = _batch(spec.train_batch, cfg.img_size, cfg.num_classes)
     units: dict[str, Callable[[], Any]] = {}
     flops: dict[str, dict[str, Any]] = {}
+    foreach = bool(optim_cfg().get("foreach", True))
     for v in cfg.train_variants:
         model = build(spec, v, cfg.num_classes)
         flops[v] = flops_per_sample(model, cfg.img_size)
-        units[v] = _train_step_fn(model, x, y)
+        units[v] = _train_step_fn(model, x, y, foreach)
     n = cfg.matmul_n
     a, b = torch.randn(n, n), torch.randn(n, n)
     units["matmul"] = lambda: torch.mm(a, b)
@@ -607,7 +608,8 @@ def measure_data_path(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
             pass
 
     x, y = _batch(bs, cfg.img_size, cfg.num_classes)
-    units = {"loader_pass": one_pass, "train_step": _train_step_fn(build(spec, "ln", cfg.num_classes), x, y)}
+    step = _train_step_fn(build(spec, "ln", cfg.num_classes), x, y, bool(optim_cfg().get("foreach", True)))
+    units = {"loader_pass": one_pass, "train_step": step}
     reps = {"loader_pass": 1, "train_step": cfg.data_train_steps_per_round}
     times = round_robin(units, cfg.data_rounds, reps, warmup=1)
     load_rates = [delivered / t for t in per_round_medians(times["loader_pass"])]

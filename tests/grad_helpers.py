@@ -1,12 +1,22 @@
-"""Gradient checks shared by the implementation tests (not collected by pytest: no ``test_``
-prefix)."""
+"""Helpers shared by the implementation tests (not collected by pytest: no ``test_`` prefix)."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 from typing import Any, Callable, Sequence
 
 import torch
+from torch import nn
+
+
+def with_impl(module: nn.Module, impl: str) -> nn.Module:
+    """A deep copy of ``module`` with ``impl`` set on it and its inner norms (same parameters)."""
+    other = copy.deepcopy(module)
+    for m in other.modules():
+        if hasattr(m, "impl"):
+            m.impl = impl
+    return other
 
 
 def assert_every_requires_grad_subset_matches(

@@ -14,7 +14,7 @@ from torch import nn
 
 from autonorm.models.vit import VisionTransformer
 from autonorm.norms import AFN, NORMS, AutoNorm, DyT, GumbelGate, LayerNorm
-from grad_helpers import assert_every_requires_grad_subset_matches
+from grad_helpers import assert_every_requires_grad_subset_matches, with_impl
 from autonorm.norms import fused
 from autonorm.norms.deploy import (
     DeployedAffine,
@@ -237,15 +237,6 @@ def test_deploy_timing_sanity(capsys) -> None:
 
 
 # ----------------------------------------------------------------------------- implementations
-def _clone_pair(module: nn.Module, impl: str) -> nn.Module:
-    """A copy of ``module`` with ``impl`` set on it and its inner norms (same parameters)."""
-    other = copy.deepcopy(module)
-    for m in other.modules():
-        if hasattr(m, "impl"):
-            m.impl = impl
-    return other
-
-
 def _compare(ref: nn.Module, alt: nn.Module, x: torch.Tensor, seed: int = 0, **tol) -> None:
     tol = tol or TIGHT
     outs, grads = [], []
@@ -291,7 +282,7 @@ def _randomise(m: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("name", [n for n, _ in _norm_cases()])
 def test_fused_matches_eager_forward_and_gradients(name: str) -> None:
     ref = _randomise(dict(_norm_cases())[name]).train()
-    alt = _clone_pair(ref, "fused")
+    alt = with_impl(ref, "fused")
     x = torch.randn(B, N, C) * 1.5
     _compare(ref, alt, x)
     # eval mode (no saved tensors path) too
@@ -303,14 +294,14 @@ def test_fused_autonorm_override_endpoints_and_constant() -> None:
     ref = _randomise(AutoNorm(C, gate="soft"))
     for value in (0.0, 1.0, 0.25):
         ref.gate_override = value
-        alt = _clone_pair(ref, "fused")
+        alt = with_impl(ref, "fused")
         _compare(ref, alt, torch.randn(B, N, C))
 
 
 def test_fused_low_precision_follows_eager_dtype() -> None:
     x = torch.randn(B, N, C).to(torch.bfloat16)
     for m in (DyT(C), AutoNorm(C, gate="soft")):
-        alt = _clone_pair(m, "fused")
+        alt = with_impl(m, "fused")
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y_ref, y_alt = m(x), alt(x)
         assert y_alt.dtype == y_ref.dtype
@@ -363,7 +354,7 @@ def compile_backend(request):
 
 def _check_compiled(name: str) -> None:
     ref = _randomise(dict(_norm_cases())[name]).train()
-    alt = _clone_pair(ref, "compiled")
+    alt = with_impl(ref, "compiled")
     x = torch.randn(B, N, C)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback: it really compiled

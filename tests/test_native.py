@@ -14,7 +14,7 @@ from torch import nn
 
 from autonorm.norms import AFN, AutoNorm, DyT, GumbelGate, fused, native
 from autonorm.norms.gates import logistic_noise, straight_through_binary
-from grad_helpers import assert_every_requires_grad_subset_matches
+from grad_helpers import assert_every_requires_grad_subset_matches, with_impl
 
 pytestmark = pytest.mark.skipif(not native.enabled(), reason="AUTONORM_NATIVE=0: the C++ kernels are turned off")
 
@@ -31,14 +31,6 @@ def lib():
     st = native.status()
     assert st["available"], f"the C++ kernels did not build: {st['error']}"
     return native.ops()
-
-
-def _with_impl(module: nn.Module, impl: str) -> nn.Module:
-    other = copy.deepcopy(module)
-    for m in other.modules():
-        if hasattr(m, "impl"):
-            m.impl = impl
-    return other
 
 
 def _randomise(m: nn.Module) -> nn.Module:
@@ -93,7 +85,7 @@ SHAPES = [(6, 5, 16), (3, 1, 7), (1, 4, 9), (40, 65, 64)]
 def test_kernels_match_eager_and_torch_ops(lib, name: str, shape: tuple[int, int, int]) -> None:
     b, n, c = shape
     ref = _randomise(_cases(c)[name]).train()
-    fused_m = _with_impl(ref, "fused")
+    fused_m = with_impl(ref, "fused")
     x = torch.randn(b, n, c) * 1.5 + 0.3
     y0, g0 = _run(copy.deepcopy(ref), x, kernels=False)  # eager reference
     y1, g1 = _run(copy.deepcopy(fused_m), x, kernels=False)  # torch-op fused path

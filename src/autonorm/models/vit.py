@@ -120,10 +120,7 @@ class Attention(nn.Module):
         q, k, v = self._qkv(x)
         drop = self.attn_drop if self.training else 0.0
         if self.explicit(x):
-            attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-            if drop > 0:
-                attn = F.dropout(attn, drop)
-            out = attn @ v
+            out, _ = self._explicit(q, k, v, drop)
         else:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
@@ -132,9 +129,13 @@ class Attention(nn.Module):
         """Explicit-softmax path returning the output and the (B, heads, N, N) attention."""
         b, n, c = x.shape
         q, k, v = self._qkv(x)
+        out, attn = self._explicit(q, k, v, 0.0)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c)), attn
+
+    def _explicit(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """``softmax(q k^T / sqrt(d)) v`` (B, heads, N, d) and the attention (before dropout)."""
         attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
-        return self.proj(out), attn
+        return (F.dropout(attn, drop) if drop > 0 else attn) @ v, attn
 
 
 class Mlp(nn.Module):

@@ -201,31 +201,20 @@ class AFN(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f"AFN expected last dimension {self.dim}, got shape {tuple(x.shape)}")
-        if self._kernels(x):
-            return self._forward_kernels(x)
         if self.training:
             if x.numel() // self.dim < 2:
                 raise ValueError("AFN needs more than one value per channel in training mode")
+            if self._kernels(x):
+                x2 = x.reshape(-1, self.dim)
+                y, mu, var = native.batch_affine_norm(x2, self._affine_cpu, list(self.parameters()))
+                self._update_running(mu, var, x2.shape[0])
+                return y.view(x.shape)
             mu, var, count = self._batch_moments(x)
             self._update_running(mu.detach(), var.detach(), count)
         else:
             mu, var = self.running_mean.float(), self.running_var.float()
         scale, shift = self._affine(mu, var, x.device.type)
-        # Computed in float32 and returned in x's dtype.
-        return torch.addcmul(shift, x.float(), scale).to(x.dtype)
-
-    def _forward_kernels(self, x: torch.Tensor) -> torch.Tensor:
-        """The same function through the C++ kernels (float32 CPU input, ``impl="fused"``)."""
-        x2 = x.reshape(-1, self.dim)
-        if self.training:
-            if x2.shape[0] < 2:
-                raise ValueError("AFN needs more than one value per channel in training mode")
-            y, mu, var = native.batch_affine_norm(x2, self._affine_cpu, list(self.parameters()))
-            self._update_running(mu, var, x2.shape[0])
-        else:
-            scale, shift = self._affine(self.running_mean.float(), self.running_var.float(), "cpu")
-            y = native.affine(x2, scale, shift)
-        return y.view(x.shape)
+        return affine_output(x, scale, shift, self.impl)
 
     def _affine_cpu(self, mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._affine(mu, var, "cpu")
@@ -285,6 +274,15 @@ class AFN(nn.Module):
             f"momentum={self.momentum}, use_encoders={self.use_encoders}, sync_stats={self.sync_stats}"
             + ("" if self.impl == "eager" else f", impl={self.impl!r}")
         )
+
+
+def affine_output(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, impl: str) -> torch.Tensor:
+    """AFN's last step ``x * scale + shift`` (float32, returned in x's dtype): one C++ kernel sweep
+    for ``impl="fused"`` on float32 CPU input without autograd, ``addcmul`` otherwise. AFN and its
+    deployed copy both end here, so their eval outputs are bit-identical."""
+    if impl == "fused" and native.usable(x) is not None:
+        return native.affine(x.reshape(-1, x.shape[-1]), scale, shift).view(x.shape)
+    return torch.addcmul(shift, x.float(), scale).to(x.dtype)
 
 
 def _afn_forward(module: AFN, x: torch.Tensor) -> torch.Tensor:

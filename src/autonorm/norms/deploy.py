@@ -6,7 +6,7 @@ eval mode whose norm modules are replaced as follows; the original model is left
 * :class:`~autonorm.norms.LayerNorm` stays (aten's fused kernel is already one pass).
 * :class:`~autonorm.norms.DyT` -> :class:`DeployedDyT`: ``(2w) * sigmoid(2 alpha x) + (b - w)``,
   one sweep of the C++ kernel (:mod:`~autonorm.norms.native`) on float32 CPU input; elsewhere
-  with the constants precomputed, one allocation, the rest in place (``tanh(z) = 2 sigmoid(2z) - 1``
+  one allocation and in-place temporaries (:func:`~autonorm.norms.fused.dyt_fused`; ``tanh(z) = 2 sigmoid(2z) - 1``
   exactly; on CPU ``torch.sigmoid`` is several times faster than ``torch.tanh``).
 * :class:`~autonorm.norms.AFN` -> :class:`DeployedAffine`: in eval the running statistics are
   constants, hence so are the encoder-decoders' outputs; ``scale`` and ``shift`` are computed once
@@ -50,10 +50,10 @@ import torch
 from torch import nn
 
 from . import native
-from .afn import AFN
+from .afn import AFN, affine_output
 from .autonorm import AutoNorm, token_summary
 from .dyt import DyT
-from .fused import blend_fused
+from .fused import blend_fused, dyt_fused
 from .gates import GumbelGate
 
 Calibration = Union[torch.Tensor, Iterable[Any]]
@@ -62,33 +62,24 @@ Calibration = Union[torch.Tensor, Iterable[Any]]
 class DeployedDyT(nn.Module):
     """Inference DyT ``(2w) * sigmoid(2 alpha x) + (b - w)`` == ``w * tanh(alpha x) + b``."""
 
-    two_alpha: torch.Tensor
-    scale: torch.Tensor
-    shift: torch.Tensor
+    alpha: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor
 
     def __init__(self, dyt: DyT) -> None:
         super().__init__()
-        with torch.no_grad():
-            self.register_buffer("two_alpha", dyt.alpha.detach() * 2)
-            self.register_buffer("scale", dyt.weight.detach() * 2)
-            self.register_buffer("shift", dyt.bias.detach() - dyt.weight.detach())
-            # the original parameters, for the C++ kernel (which forms 2 alpha, 2w, b - w itself)
-            self.register_buffer("alpha", dyt.alpha.detach().clone())
-            self.register_buffer("weight", dyt.weight.detach().clone())
-            self.register_buffer("bias", dyt.bias.detach().clone())
+        self.register_buffer("alpha", dyt.alpha.detach().clone())
+        self.register_buffer("weight", dyt.weight.detach().clone())
+        self.register_buffer("bias", dyt.bias.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (..., C) -> DyT(x), one new tensor (one kernel sweep on float32 CPU input)."""
-        if native.usable(x, self.alpha) is not None:
-            return native.dyt(x, self.alpha, self.weight, self.bias)
-        s = torch.mul(x, self.two_alpha)
-        s.sigmoid_()
-        if torch.is_grad_enabled() and s.requires_grad:  # out= does not support autograd
-            return torch.addcmul(self.shift, s, self.scale)
-        return torch.addcmul(self.shift, s, self.scale, out=s)  # in place
+        """``x`` (..., C) -> DyT(x), one new tensor: :func:`~autonorm.norms.fused.dyt_fused` (one
+        kernel sweep on float32 CPU input; otherwise the sigmoid identity with in-place
+        temporaries, or its autograd Function when the input needs a gradient)."""
+        return dyt_fused(x, self.alpha, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return f"{self.scale.numel()}, alpha={float(self.two_alpha[0]) / 2:.4g}"
+        return f"{self.weight.numel()}, alpha={float(self.alpha[0]):.4g}"
 
 
 class DeployedAffine(nn.Module):
@@ -102,13 +93,12 @@ class DeployedAffine(nn.Module):
         scale, shift = afn.eval_affine()
         self.register_buffer("scale", scale.detach().clone())
         self.register_buffer("shift", shift.detach().clone())
+        self.impl = afn.impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (..., C) -> ``x * scale + shift`` in one multiply-add (one kernel sweep on float32
-        CPU input, like AFN's own eval forward)."""
-        if native.usable(x) is not None:
-            return native.affine(x.reshape(-1, x.shape[-1]), self.scale, self.shift).view(x.shape)
-        return torch.addcmul(self.shift, x.float(), self.scale).to(x.dtype)
+        """``x`` (..., C) -> ``x * scale + shift`` in one multiply-add, computed as AFN's own eval
+        forward computes it (:func:`~autonorm.norms.afn.affine_output`)."""
+        return affine_output(x, self.scale, self.shift, self.impl)
 
     def extra_repr(self) -> str:
         return f"{self.scale.numel()}"

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from . import native
+from .native import needs_grad
 
 IMPLS: tuple[str, ...] = ("eager", "compiled", "fused")
 
@@ -73,10 +74,6 @@ def _compute_dtype(x: torch.Tensor, *params: torch.Tensor) -> torch.dtype:
     for p in params:
         dtype = torch.promote_types(dtype, p.dtype)
     return dtype
-
-
-def _needs_grad(*tensors: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def _rowsum(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -144,7 +141,7 @@ def dyt_fused(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: 
     without."""
     if native.usable(x, alpha, weight, bias) is not None:
         return native.dyt(x, alpha, weight, bias)
-    if not _needs_grad(x, alpha, weight, bias):
+    if not needs_grad(x, alpha, weight, bias):
         return dyt_inference(x, alpha, weight, bias)
     dtype = _compute_dtype(x, alpha, weight, bias)
     return DyTFunction.apply(x.to(dtype), alpha.to(dtype), weight.to(dtype), bias.to(dtype))
@@ -281,7 +278,7 @@ def blend_fused(
     tensors = (x, a, ln_weight, ln_bias, alpha, dyt_weight, dyt_bias)
     if x.dim() == 3 and native.usable(*tensors) is not None:
         return native.blend(x, a, ln_weight, ln_bias, eps, alpha, dyt_weight, dyt_bias)
-    if not _needs_grad(*tensors):
+    if not needs_grad(*tensors):
         return blend_inference(x, a, ln_weight, ln_bias, eps, alpha, dyt_weight, dyt_bias)
     dtype = _compute_dtype(x, ln_weight, alpha, dyt_weight)
     x, a, lw, lb, al, dw, db = (t.to(dtype) for t in tensors)

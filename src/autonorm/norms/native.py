@@ -278,13 +278,14 @@ class BatchAffineNormFunction(torch.autograd.Function):
         return (dx, None, *[next(rest) if p.requires_grad else None for p in params])
 
 
-def _needs_grad(*tensors: torch.Tensor) -> bool:
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will record an op on ``tensors`` (grad mode on and one requires grad)."""
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 def dyt(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """DyT through the kernels (caller checked :func:`usable`)."""
-    if _needs_grad(x, alpha, weight, bias):
+    if needs_grad(x, alpha, weight, bias):
         return NativeDyTFunction.apply(x.contiguous(), alpha, weight, bias)
     return ops().dyt_forward(x, alpha, weight, bias)  # type: ignore[union-attr]
 
@@ -302,7 +303,7 @@ def blend(
     """``a LN(x) + (1 - a) DyT(x)`` for ``x`` (B, N, C) through the kernels (caller checked
     :func:`usable`)."""
     tensors = (x, a, ln_weight, ln_bias, alpha, dyt_weight, dyt_bias)
-    if _needs_grad(*tensors):
+    if needs_grad(*tensors):
         return NativeBlendFunction.apply(x.contiguous(), a.contiguous(), ln_weight, ln_bias, alpha, dyt_weight, dyt_bias, float(eps))
     y, _, _ = ops().blend_forward(x, a, ln_weight, ln_bias, float(eps), alpha, dyt_weight, dyt_bias, False)  # type: ignore[union-attr]
     return y
@@ -310,7 +311,7 @@ def blend(
 
 def token_mean(x: torch.Tensor) -> torch.Tensor:
     """``x.mean(dim=1)`` for ``x`` (B, N, C) through the kernel, differentiable."""
-    if _needs_grad(x):
+    if needs_grad(x):
         return TokenMeanFunction.apply(x.contiguous())
     return ops().token_mean(x)  # type: ignore[union-attr]
 
@@ -321,7 +322,7 @@ def batch_affine_norm(
     """AFN's training forward through the kernels: ``(y, mean, var)`` for ``x`` (M, C) with
     ``(scale, shift) = affine_fn(mean, var)`` built from ``params`` (see
     :class:`BatchAffineNormFunction`; without autograd, the same in three calls)."""
-    if _needs_grad(x, *params):
+    if needs_grad(x, *params):
         return BatchAffineNormFunction.apply(x.contiguous(), affine_fn, *params)
     lib = ops()
     mean, var = lib.channel_moments(x)  # type: ignore[union-attr]
@@ -332,7 +333,7 @@ def batch_affine_norm(
 def affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """``x * scale + shift`` for ``x`` (M, C): one kernel sweep without autograd, ``addcmul``
     (differentiable) when a gradient is needed."""
-    if _needs_grad(x, scale, shift):
+    if needs_grad(x, scale, shift):
         return torch.addcmul(shift, x, scale)
     return ops().affine_forward(x, scale, shift)  # type: ignore[union-attr]
 

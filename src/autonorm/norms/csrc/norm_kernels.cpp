@@ -98,17 +98,24 @@ struct DytAffine {
 };
 
 // Both branches' parameters of an AutoNorm point: LayerNorm's affine (contiguous, held) and DyT's.
+// Not copyable: the pointers point into its own members.
 struct BranchParams {
   at::Tensor lw_t, lb_t;
-  const float *lw, *lb;
   DytAffine dyt;
+  const float *lw, *lb, *w2, *sh;  // LN weight and bias; DyT's 2 w and b - w
+  float ta;                        // 2 alpha
   BranchParams(const at::Tensor& ln_weight, const at::Tensor& ln_bias, const at::Tensor& alpha,
                const at::Tensor& dyt_weight, const at::Tensor& dyt_bias)
       : lw_t(ln_weight.contiguous()),
         lb_t(ln_bias.contiguous()),
+        dyt(alpha, dyt_weight, dyt_bias),
         lw(lw_t.data_ptr<float>()),
         lb(lb_t.data_ptr<float>()),
-        dyt(alpha, dyt_weight, dyt_bias) {}
+        w2(dyt.w2.data()),
+        sh(dyt.sh.data()),
+        ta(dyt.ta) {}
+  BranchParams(const BranchParams&) = delete;
+  BranchParams& operator=(const BranchParams&) = delete;
 };
 
 // LayerNorm statistics of one row (two passes over it, in L1): mean and 1 / sqrt(biased var + eps).
@@ -133,10 +140,9 @@ at::Tensor dyt_forward(const at::Tensor& x_in, const at::Tensor& alpha, const at
   at::Tensor y = at::empty_like(x);
   const DytAffine d(alpha, weight, bias);
   const float ta = d.ta;
+  const float *w2p = d.w2.data(), *shp = d.sh.data();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const float* w2p = d.w2.data();
-  const float* shp = d.sh.data();
   at::parallel_for(0, M, row_grain(C), [=](int64_t r0, int64_t r1) {
     // local copies: g++ turns loads through captured pointers inside `omp simd` into gathers
     const float* w2l = w2p;
@@ -216,18 +222,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_forward(
   at::Tensor mean = save_stats ? at::empty({B * N}, at::kFloat) : at::Tensor();
   at::Tensor rstd = save_stats ? at::empty({B * N}, at::kFloat) : at::Tensor();
   const BranchParams bp(ln_weight, ln_bias, alpha, dyt_weight, dyt_bias);
-  const DytAffine& d = bp.dyt;
-  const float ta = d.ta;
-  const float* lw = bp.lw;
-  const float* lb = bp.lb;
+  const float ta = bp.ta;
+  const float *lw = bp.lw, *lb = bp.lb, *w2p = bp.w2, *shp = bp.sh;
   const float* ap = a.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   float* mp = save_stats ? mean.data_ptr<float>() : nullptr;
   float* rp = save_stats ? rstd.data_ptr<float>() : nullptr;
   const float epsf = static_cast<float>(eps);
-  const float* w2p = d.w2.data();
-  const float* shp = d.sh.data();
   at::parallel_for(0, B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
     std::vector<float> A(C), Bc(C), P(C);
     for (int64_t bi = b0; bi < b1; ++bi) {
@@ -264,15 +266,11 @@ at::Tensor select_forward(const at::Tensor& x_in, const at::Tensor& use_ln_in, c
   TORCH_CHECK(use_ln.numel() == B, "autonorm_native.select_forward: one choice per sample");
   at::Tensor y = at::empty_like(x);
   const BranchParams bp(ln_weight, ln_bias, alpha, dyt_weight, dyt_bias);
-  const DytAffine& d = bp.dyt;
-  const float ta = d.ta;
-  const float* lw = bp.lw;
-  const float* lb = bp.lb;
+  const float ta = bp.ta;
+  const float *lw = bp.lw, *lb = bp.lb, *w2p = bp.w2, *shp = bp.sh;
   const bool* up = use_ln.data_ptr<bool>();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  const float* w2p = d.w2.data();
-  const float* shp = d.sh.data();
   const float epsf = static_cast<float>(eps);
   at::parallel_for(0, B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
     const float* lwl = lw;  // local copies (see dyt_forward)
@@ -312,10 +310,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor dx = at::empty_like(x);
   at::Tensor da = at::empty({B}, at::kFloat);
   const BranchParams bp(ln_weight, ln_bias, alpha, dyt_weight, dyt_bias);
-  const DytAffine& d = bp.dyt;
-  const float ta = d.ta;
-  const float* lw = bp.lw;
-  const float* lb = bp.lb;
+  const float ta = bp.ta;
+  const float *lw = bp.lw, *lb = bp.lb, *w2p = bp.w2, *shp = bp.sh;
   const float* ap = a.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
@@ -323,8 +319,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const float* rp = rstd.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
   float* dap = da.data_ptr<float>();
-  const float* w2p = d.w2.data();
-  const float* shp = d.sh.data();
   const float invC = 1.0f / static_cast<float>(C);
   // partial layout: [dlw | dlb | ddw | ddb] (4C) + dalpha (1)
   Partials part(4 * C + 1);

@@ -4,15 +4,17 @@ the shapes and thread counts training uses), and a failed build falls back clean
 from __future__ import annotations
 
 import copy
+import json
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autonorm.norms import AFN, AutoNorm, DyT, GumbelGate, fused, native
+from autonorm.norms import AFN, AutoNorm, DyT, GumbelGate, fused, native, select
 from autonorm.norms.gates import logistic_noise, straight_through_binary
 from grad_helpers import assert_every_requires_grad_subset_matches, with_impl
 
@@ -274,3 +276,216 @@ def test_torch_compile_traces_the_torch_op_path(lib) -> None:
     y.sum().backward()
     torch.testing.assert_close(y, m(x), **TOL)
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# ----------------------------------------------------------------------------- impl="auto"
+@pytest.fixture
+def auto_cache(tmp_path, monkeypatch):
+    """A fresh choice cache in ``tmp_path`` (the kernels stay loaded from their own folder), with
+    short measurements."""
+    native.ops()
+    monkeypatch.setenv("AUTONORM_KERNEL_DIR", str(tmp_path))
+    monkeypatch.setattr(select, "MEASURE_S", 0.002)
+    monkeypatch.setattr(select, "ROUNDS", 1)
+    select.forget()
+    yield select.cache_path()
+    select.forget()
+
+
+def _forced(monkeypatch, route: str) -> list[tuple[str, tuple[str, ...]]]:
+    """Make every auto choice return ``route`` where it is a candidate; returns the calls."""
+    seen: list[tuple[str, tuple[str, ...]]] = []
+
+    def choose(op, x, train, names, make):
+        seen.append((op, tuple(names)))
+        return route if route in names else names[0]
+
+    monkeypatch.setattr(select, "choose", choose)
+    return seen
+
+
+@pytest.mark.parametrize("route", ["kernel", "torch", "eager"])
+@pytest.mark.parametrize("name", ["dyt", "soft", "gumbel", "afn"])
+def test_every_route_auto_can_pick_equals_eager(lib, monkeypatch, name: str, route: str) -> None:
+    """Whatever ``impl="auto"`` picks computes the eager function: forward, every gradient, and
+    the no-grad entry points."""
+    seen = _forced(monkeypatch, route)
+    ref = _randomise(_cases(16)[name]).train()
+    auto = with_impl(ref, "auto")
+    x = torch.randn(5, 7, 16) * 1.5 + 0.3
+    y0, g0 = _run(copy.deepcopy(ref), x, kernels=True)
+    y1, g1 = _run(copy.deepcopy(auto), x, kernels=True)
+    torch.testing.assert_close(y1, y0, **TOL)
+    assert g1.keys() == g0.keys()
+    for k in g0:
+        torch.testing.assert_close(g1[k], g0[k], atol=TOL["atol"] * max(1.0, g0[k].abs().max().item()), rtol=TOL["rtol"])
+    with torch.inference_mode():
+        torch.testing.assert_close(copy.deepcopy(auto).eval()(x), copy.deepcopy(ref).eval()(x), **TOL)
+    assert seen, "impl=auto made no choice"
+
+
+@pytest.mark.parametrize("route", ["kernel", "torch"])
+def test_deployed_auto_routes_equal_the_eval_model(lib, monkeypatch, route: str) -> None:
+    from autonorm.norms.deploy import deploy_model
+
+    seen = _forced(monkeypatch, route)
+    model = nn.Sequential(
+        _randomise(AutoNorm(16, gate="gumbel", impl="auto")), _randomise(AutoNorm(16, gate="soft", impl="auto")),
+        _randomise(DyT(16, impl="auto")), AFN(16, impl="auto"),
+    ).eval()  # fmt: skip
+    x = torch.randn(32, 5, 16) * 2
+    with torch.inference_mode():
+        ref = model(x)
+        out = deploy_model(model)(x)
+    torch.testing.assert_close(out, ref, **TOL)
+    assert {"select", "blend", "dyt", "affine", "token_mean"} <= {op for op, _ in seen}
+
+
+def test_auto_measures_once_and_reuses_the_cache_file(lib, auto_cache, monkeypatch) -> None:
+    m = _randomise(AutoNorm(16, gate="soft", impl="auto")).train()
+    x = torch.randn(6, 9, 16, requires_grad=True)
+    eager = with_impl(m, "eager")
+    y = m(x)
+    torch.testing.assert_close(y, eager(x), **TOL)
+    stored = json.loads(auto_cache.read_text())["choices"]
+    keys = [k for k in stored if k.startswith("blend|cpu|float32|train|")]
+    assert keys and stored[keys[0]]["impl"] in stored[keys[0]]["us"]
+    assert set(stored[keys[0]]["us"]) == {"kernel", "torch", "eager"}
+
+    # a new process (simulated: memory forgotten) reads the file instead of measuring
+    select.forget()
+    monkeypatch.setattr(select, "_measure", lambda *a: pytest.fail("measured a cached key again"))
+    m(x)
+    assert select.choices()[keys[0]]["impl"] == stored[keys[0]]["impl"]
+
+
+@pytest.mark.parametrize("garbage", [b"{not json", b'{"schema": 1, "choices": []}', b"\xff\xfe", b'{"schema": 99}'])
+def test_auto_recovers_from_a_corrupt_cache_file(lib, auto_cache, garbage: bytes) -> None:
+    auto_cache.parent.mkdir(parents=True, exist_ok=True)
+    auto_cache.write_bytes(garbage)
+    x = torch.randn(4, 5, 16)
+    with pytest.warns(RuntimeWarning, match="impl=auto"):
+        with torch.no_grad():
+            y = DyT(16, impl="auto")(x)
+    torch.testing.assert_close(y, DyT(16)(x), **TOL)
+    data = json.loads(auto_cache.read_text())  # rewritten, valid
+    assert data["schema"] == select.SCHEMA and any(k.startswith("dyt|") for k in data["choices"])
+
+
+def test_auto_cache_writes_are_atomic_and_merge(auto_cache) -> None:
+    """Writers in parallel never leave a torn file; entries of other writers are kept."""
+    import threading
+
+    def writer(i: int) -> None:
+        for j in range(20):
+            select._write(auto_cache, {f"k{i}-{j}": {"impl": "torch", "us": {}}})
+            json.loads(auto_cache.read_text())  # always a whole file
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    entries = json.loads(auto_cache.read_text())["choices"]
+    assert {f"k{i}-19" for i in range(4)} <= set(entries)  # the last write of each writer survives
+    assert not list(auto_cache.parent.glob("*.tmp"))
+
+
+def test_auto_training_in_fit_equals_eager_training(lib, auto_cache, tmp_path) -> None:
+    """Timing inside the first training steps (inside autograd) leaves training unchanged: a
+    Lightning fit with impl=auto ends with the parameters of the same fit with impl=eager."""
+    import pytorch_lightning as pl
+
+    from autonorm.data import BatchLoader
+    from autonorm.tasks import ClassificationTask
+
+    model_cfg = {"_target_": "autonorm.models.VisionTransformer", "img_size": 16, "patch_size": 4, "in_chans": 3,
+                 "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "drop_rate": 0.0}  # fmt: skip
+    optim = {"lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 0.0, "min_lr_ratio": 1.0}
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (48, 3, 16, 16), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (48,), generator=g)
+    finals = {}
+    for norm in ({"_target_": "autonorm.norms.AutoNorm", "gate": "soft", "impl": "{impl}"},
+                 {"_target_": "autonorm.norms.AFN", "impl": "{impl}"}):  # fmt: skip
+        for impl in ("eager", "auto"):
+            torch.manual_seed(0)
+            task = ClassificationTask(model_cfg, {**norm, "impl": impl}, 10, optim)
+            loader = BatchLoader(imgs, labels, 16, mean=(0.5,) * 3, std=(0.25,) * 3, shuffle=True, drop_last=True, seed=0)
+            trainer = pl.Trainer(accelerator="cpu", max_epochs=2, logger=False, enable_checkpointing=False,
+                                 enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+            trainer.fit(task, train_dataloaders=loader)
+            finals[impl] = {k: v.detach().clone() for k, v in task.model.state_dict().items()}
+        for k, v in finals["eager"].items():
+            torch.testing.assert_close(finals["auto"][k], v, atol=1e-4, rtol=1e-4, msg=lambda m, k=k: f"{norm['_target_']} {k}: {m}")
+    ops = {k.split("|")[0] for k in select.choices()}
+    assert {"blend", "token_mean", "afn_stats"} <= ops  # it did measure, inside the fit
+
+
+def test_auto_under_torch_compile_traces_the_eager_formula(monkeypatch) -> None:
+    monkeypatch.setattr(select, "choose", lambda *a: pytest.fail("measured while tracing"))
+    m = _randomise(AutoNorm(8, gate="soft", impl="auto")).train()
+    x = torch.randn(4, 5, 8, requires_grad=True)
+    y = torch.compile(m, backend="aot_eager")(x)
+    y.sum().backward()
+    torch.testing.assert_close(y, with_impl(m, "eager")(x), **TOL)
+
+
+def test_default_impl_is_auto_in_the_norm_configs() -> None:
+    from omegaconf import OmegaConf
+
+    from conftest import CONF
+
+    for name in ("dyt", "autonorm", "afn"):
+        assert OmegaConf.load(CONF / "norm" / f"{name}.yaml").impl == select.DEFAULT_IMPL == "auto"
+
+
+# -------------------------------------------------------------------------------- bfloat16
+@pytest.mark.parametrize("impl", ["fused", "auto"])
+@pytest.mark.parametrize("name", ["dyt", "soft", "gumbel", "afn"])
+def test_bf16_input_on_the_fast_paths_matches_float32_eager(lib, auto_cache, name: str, impl: str) -> None:
+    """A bfloat16 model on bfloat16 input: the fast paths compute in float32 and return
+    bfloat16, within bfloat16 rounding of the float32 eager model (forward and input gradient)."""
+    ref = _randomise(_cases(16)[name]).train()
+    x = torch.randn(6, 7, 16) * 1.5 + 0.3
+    y0, g0 = _run(copy.deepcopy(ref), x, kernels=True)  # float32 eager
+    low = with_impl(ref, impl).bfloat16()
+    y1, g1 = _run(low, x.bfloat16(), kernels=True)
+    assert y1.dtype == torch.bfloat16 and g1["x"].dtype == torch.bfloat16
+    torch.testing.assert_close(y1.float(), y0, atol=5e-2, rtol=2e-2)
+    torch.testing.assert_close(g1["x"].float(), g0["x"], atol=5e-2 * max(1.0, g0["x"].abs().max().item()), rtol=5e-2)
+
+
+def test_bf16_input_reaches_the_kernels(lib, monkeypatch) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(native, "ops", lambda: _Spy(lib, calls))
+    x = torch.randn(4, 5, 8).bfloat16()
+    with torch.no_grad():
+        y = DyT(8, impl="fused").bfloat16()(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            z = AutoNorm(8, impl="fused")(x)
+    assert {"dyt_forward", "blend_forward"} <= set(calls)
+    assert y.dtype == torch.bfloat16 and z.dtype == torch.float32  # the eager formula's dtypes
+
+
+# ----------------------------------------------------------------------------- the build
+def test_build_is_keyed_by_content_not_path(lib, tmp_path, monkeypatch) -> None:
+    """A second checkout (the same source elsewhere) has the same key and loads the existing
+    library without building; the build compiles a copy inside the build folder."""
+    key = native.build_key()
+    other = tmp_path / "checkout" / "norm_kernels.cpp"
+    other.parent.mkdir()
+    other.write_bytes(native.SOURCE.read_bytes())
+    monkeypatch.setattr(native, "SOURCE", other)
+    assert native.build_key() == key
+    build_dir = Path(native.status()["path"]).parent
+    assert (build_dir / native.SOURCE.name).read_bytes() == other.read_bytes()
+    ninja = build_dir / "build.ninja"
+    if ninja.exists():
+        assert str(build_dir / "norm_kernels.cpp") in ninja.read_text()
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: pytest.fail("rebuilt an existing library"))
+    monkeypatch.setenv("AUTONORM_KERNEL_DIR", str(build_dir.parent))
+    assert native._build() is not None

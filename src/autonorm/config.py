@@ -88,7 +88,7 @@ def _check_norm(norm: DictConfig) -> None:
             v = _num(norm[key], f"norm.{key}", float)
             _check(-20 <= v <= 20, f"norm.{key}", "is a pre-sigmoid logit and must be in [-20, 20]", v)
     if "impl" in norm:
-        _check(norm.impl in ("eager", "compiled", "fused"), "norm.impl", "must be one of eager, compiled, fused", norm.impl)
+        _check(norm.impl in ("auto", "eager", "compiled", "fused"), "norm.impl", "must be one of auto, eager, compiled, fused", norm.impl)
 
 
 def _check_model(model: DictConfig, img_size: int = 32) -> None:

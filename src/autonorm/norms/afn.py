@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import native
-from .fused import call_compiled, check_impl
+from .fused import call_compiled, check_impl, prefer_kernel
 
 
 def _encoder_decoder(dim: int, hidden: int) -> nn.Sequential:
@@ -222,9 +222,11 @@ class AFN(nn.Module):
     def _kernels(self, x: torch.Tensor) -> bool:
         """Whether this forward runs through the C++ kernels (``impl="fused"``, float32 CPU input,
         kernels available, statistics not synchronised across processes)."""
-        if self.impl != "fused" or self.sync_stats:
+        if self.impl not in ("fused", "auto") or self.sync_stats or native.usable(x, self.weight) is None:
             return False
-        return native.usable(x, self.weight) is not None
+        return self.impl == "fused" or prefer_kernel(
+            "afn_stats", (x.reshape(-1, self.dim),), batch_norm_kernel, batch_norm_torch, native.needs_grad(x, self.weight)
+        )
 
     @torch.no_grad()
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,9 +282,35 @@ def affine_output(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, imp
     """AFN's last step ``x * scale + shift`` (float32, returned in x's dtype): one C++ kernel sweep
     for ``impl="fused"`` on float32 CPU input without autograd, ``addcmul`` otherwise. AFN and its
     deployed copy both end here, so their eval outputs are bit-identical."""
-    if impl == "fused" and native.usable(x) is not None:
-        return native.affine(x.reshape(-1, x.shape[-1]), scale, shift).view(x.shape)
+    if impl in ("fused", "auto") and native.usable(x) is not None and not native.needs_grad(x, scale, shift):
+        x2 = x.reshape(-1, x.shape[-1])
+        if impl == "fused" or prefer_kernel("affine", (x2, scale, shift), native.affine, _affine_torch):
+            return native.affine(x2, scale, shift).view(x.shape)
     return torch.addcmul(shift, x.float(), scale).to(x.dtype)
+
+
+def _affine_torch(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    return torch.addcmul(shift, x.float(), scale).to(x.dtype)
+
+
+def _standardise(mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = torch.rsqrt(var + 1e-5)
+    return scale, -mu * scale
+
+
+def batch_norm_kernel(x: torch.Tensor) -> torch.Tensor:
+    """AFN's training sweeps through the kernels with a stand-in affine map (plain
+    standardisation): what ``impl="auto"`` times against :func:`batch_norm_torch` (the
+    encoder-decoders cost the same on both paths)."""
+    return native.batch_affine_norm(x, _standardise, ())[0]
+
+
+def batch_norm_torch(x: torch.Tensor) -> torch.Tensor:
+    """AFN's training sweeps through torch ops (``var_mean``, ``addcmul``), same stand-in map."""
+    xf = x.float()
+    var, mu = torch.var_mean(xf, dim=0, unbiased=False)
+    scale, shift = _standardise(mu, var)
+    return torch.addcmul(shift, xf, scale).to(x.dtype)
 
 
 def _afn_forward(module: AFN, x: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ from torch import nn
 
 from . import native
 from .dyt import DyT
-from .fused import blend_fused, blend_reference, call_compiled, check_impl
+from .fused import blend_auto, blend_fused, blend_reference, call_compiled, check_impl, token_mean
 from .gates import GumbelGate, SoftGate
 from .ln import LayerNorm
 
@@ -20,9 +20,7 @@ def token_summary(x: torch.Tensor, impl: str = "eager") -> torch.Tensor:
     ``impl="fused"`` on float32 CPU input, the C++ kernel (whose backward adds ``dh / N`` into the
     input gradient without materialising it first). Deployed copies call this same function, so
     their gate decisions are bit-identical."""
-    if impl == "fused" and native.usable(x) is not None:
-        return native.token_mean(x)
-    return x.mean(dim=1)
+    return token_mean(x, impl)
 FREEZE_BRANCHES: tuple[Optional[str], ...] = (None, "ln", "dyt")
 
 
@@ -145,6 +143,8 @@ class AutoNorm(nn.Module):
             return self.dyt(x)
         if self.impl != "eager":
             args = (x, a, self.ln.weight, self.ln.bias, self.ln.eps, self.dyt.alpha, self.dyt.weight, self.dyt.bias)
+            if self.impl == "auto":
+                return blend_auto(*args)
             if self.impl == "fused":
                 return blend_fused(*args)
             return call_compiled(blend_reference, *args)

@@ -53,7 +53,7 @@ from . import native
 from .afn import AFN, affine_output
 from .autonorm import AutoNorm, token_summary
 from .dyt import DyT
-from .fused import blend_fused, dyt_fused
+from .fused import blend_auto, blend_fused, dyt_auto, dyt_fused, prefer_kernel
 from .gates import GumbelGate
 
 Calibration = Union[torch.Tensor, Iterable[Any]]
@@ -71,12 +71,14 @@ class DeployedDyT(nn.Module):
         self.register_buffer("alpha", dyt.alpha.detach().clone())
         self.register_buffer("weight", dyt.weight.detach().clone())
         self.register_buffer("bias", dyt.bias.detach().clone())
+        self.impl = dyt.impl
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (..., C) -> DyT(x), one new tensor: :func:`~autonorm.norms.fused.dyt_fused` (one
         kernel sweep on float32 CPU input; otherwise the sigmoid identity with in-place
-        temporaries, or its autograd Function when the input needs a gradient)."""
-        return dyt_fused(x, self.alpha, self.weight, self.bias)
+        temporaries, or its autograd Function when the input needs a gradient); with
+        ``impl="auto"`` the route measured fastest (:func:`~autonorm.norms.fused.dyt_auto`)."""
+        return (dyt_auto if getattr(self, "impl", "fused") == "auto" else dyt_fused)(x, self.alpha, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, alpha={float(self.alpha[0]):.4g}"
@@ -145,7 +147,8 @@ class DeployedBlend(_DeployedAutoNormBase):
         else:
             a = self.gate(self._summary(x))  # type: ignore[misc]
         self.last_gate = a.detach()
-        return blend_fused(  # blend_inference without autograd, BlendFunction with
+        blend = blend_auto if self.impl == "auto" else blend_fused
+        return blend(  # blend_inference without autograd, BlendFunction with (or the measured route)
             x, a, self.ln.weight, self.ln.bias, self.ln.eps, self.alpha, self.dyt_weight, self.dyt_bias
         )
 
@@ -186,9 +189,16 @@ class DeployedDispatch(_DeployedAutoNormBase):
         if no_grad and not self.recording and native.usable(x, self.ln.weight, self.dyt.alpha) is not None:
             # one kernel sweep: every sample runs only its own branch (no host sync, no gather);
             # the kernel has no backward, so input gradients (saliency maps) take the path below
-            return native.ops().select_forward(  # type: ignore[union-attr]
-                x, choose_ln, self.ln.weight, self.ln.bias, float(self.ln.eps), self.dyt.alpha, self.dyt.weight, self.dyt.bias
-            )
+            if self.impl != "auto" or prefer_kernel("select", (x, choose_ln), self._by_kernel, self._by_index, train=False):
+                return self._by_kernel(x, choose_ln)
+        return self._by_index(x, choose_ln)
+
+    def _by_kernel(self, x: torch.Tensor, choose_ln: torch.Tensor) -> torch.Tensor:
+        return native.ops().select_forward(  # type: ignore[union-attr]
+            x, choose_ln, self.ln.weight, self.ln.bias, float(self.ln.eps), self.dyt.alpha, self.dyt.weight, self.dyt.bias
+        )
+
+    def _by_index(self, x: torch.Tensor, choose_ln: torch.Tensor) -> torch.Tensor:
         n_ln = int(choose_ln.sum())
         b = x.shape[0]
         if self.recording:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .fused import call_compiled, check_impl, dyt_fused, dyt_reference
+from .fused import call_compiled, check_impl, dyt_auto, dyt_fused, dyt_reference
 
 
 class DyT(nn.Module):
@@ -41,6 +41,8 @@ class DyT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply ``weight * tanh(alpha * x) + bias`` to ``x`` (..., dim)."""
+        if self.impl == "auto":
+            return dyt_auto(x, self.alpha, self.weight, self.bias)
         if self.impl == "fused":
             return dyt_fused(x, self.alpha, self.weight, self.bias)
         if self.impl == "compiled":

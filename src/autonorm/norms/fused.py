@@ -10,7 +10,16 @@ Every norm with an ``impl`` argument (:class:`~autonorm.norms.DyT`, :class:`~aut
   :class:`torch.autograd.Function`\\ s with analytic backward passes, in-place temporaries, no
   autograd graph inside the norm);
 * ``"compiled"``: the eager formula wrapped in :func:`torch.compile`, compiled lazily on the first
-  call (:func:`call_compiled`); a compilation failure falls back to eager with a warning.
+  call (:func:`call_compiled`); a compilation failure falls back to eager with a warning;
+* ``"auto"`` (the default, :data:`DEFAULT_IMPL`): on the first call per op, dtype and shape class,
+  the C++ kernels, the torch-op kernels, the eager formula (and, on GPUs, the compiled formula)
+  are timed and the fastest is kept, cached per machine (:mod:`autonorm.norms.select`). Under
+  :func:`torch.compile` tracing it is the eager formula (which the compiler fuses).
+
+Low precision: for bfloat16 / float16 computations (the input's dtype promoted with the
+parameters') the fused, kernel and auto paths compute in float32 (statistics, sigmoid, sums) and
+return the dtype the eager formula returns (the input's for a bfloat16 model; float32 under
+autocast with float32 parameters, like LayerNorm under autocast).
 
 The tanh identity
 -----------------
@@ -56,24 +65,33 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from . import native
+from . import native, select
 from .native import needs_grad
+from .select import DEFAULT_IMPL
 
-IMPLS: tuple[str, ...] = ("eager", "compiled", "fused")
+IMPLS: tuple[str, ...] = ("auto", "eager", "compiled", "fused")
+#: Dtypes whose computations run in float32 on the fused paths.
+LOW_PRECISION: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
 
 
 def check_impl(impl: str) -> str:
-    """Validate an ``impl`` name (``eager``, ``compiled`` or ``fused``) and return it."""
+    """Validate an ``impl`` name (``auto``, ``eager``, ``compiled`` or ``fused``) and return it."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {list(IMPLS)}, got impl={impl!r}")
     return impl
 
 
-def _compute_dtype(x: torch.Tensor, *params: torch.Tensor) -> torch.dtype:
-    dtype = x.dtype
+def _dtypes(x: torch.Tensor, *params: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
+    """(compute dtype, output dtype): the output is the eager formula's (``x`` promoted with the
+    parameters); low-precision computations run in float32."""
+    out = x.dtype
     for p in params:
-        dtype = torch.promote_types(dtype, p.dtype)
-    return dtype
+        out = torch.promote_types(out, p.dtype)
+    return (torch.float32 if out in LOW_PRECISION else out), out
+
+
+def _cast(dtype: torch.dtype, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    return tuple(t.to(dtype) for t in tensors)
 
 
 def _rowsum(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -93,11 +111,11 @@ def dyt_inference(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bi
     Meant for no-grad use (inference); under autograd it still gives correct gradients (every
     in-place op acts on a fresh temporary) but the :class:`DyTFunction` path is cheaper.
     """
-    dtype = _compute_dtype(x, alpha, weight, bias)
+    dtype, out = _dtypes(x, alpha, weight, bias)
     s = torch.mul(x.to(dtype), alpha.to(dtype) * 2)
     s.sigmoid_()
     # out= the input: one in-place multiply-add pass over s
-    return torch.addcmul(bias.to(dtype) - weight.to(dtype), s, weight.to(dtype) * 2, out=s)
+    return torch.addcmul(bias.to(dtype) - weight.to(dtype), s, weight.to(dtype) * 2, out=s).to(out)
 
 
 class DyTFunction(torch.autograd.Function):
@@ -135,16 +153,44 @@ class DyTFunction(torch.autograd.Function):
         return dx, dalpha, dw, db
 
 
-def dyt_fused(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Fused DyT on ``x`` (..., C): the C++ kernels (:mod:`~autonorm.norms.native`) for float32 CPU
-    tensors when available, else :class:`DyTFunction` under autograd and :func:`dyt_inference`
-    without."""
-    if native.usable(x, alpha, weight, bias) is not None:
-        return native.dyt(x, alpha, weight, bias)
+def _dyt_kernel(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    dtype, out = _dtypes(x, alpha, weight, bias)
+    return native.dyt(*_cast(dtype, x, alpha, weight, bias)).to(out)
+
+
+def _dyt_torch(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     if not needs_grad(x, alpha, weight, bias):
         return dyt_inference(x, alpha, weight, bias)
-    dtype = _compute_dtype(x, alpha, weight, bias)
-    return DyTFunction.apply(x.to(dtype), alpha.to(dtype), weight.to(dtype), bias.to(dtype))
+    dtype, out = _dtypes(x, alpha, weight, bias)
+    return DyTFunction.apply(*_cast(dtype, x, alpha, weight, bias)).to(out)
+
+
+def _dyt_compiled(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return call_compiled(dyt_reference, x, alpha, weight, bias)
+
+
+#: The routes ``impl="auto"`` chooses among for DyT (all compute :func:`dyt_reference`).
+DYT_ROUTES: dict[str, Callable[..., torch.Tensor]] = {
+    "kernel": _dyt_kernel, "torch": _dyt_torch, "eager": dyt_reference, "compiled": _dyt_compiled,
+}  # fmt: skip
+
+
+def dyt_fused(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Fused DyT on ``x`` (..., C): the C++ kernels (:mod:`~autonorm.norms.native`) for CPU
+    tensors computed in float32 when available, else :class:`DyTFunction` under autograd and
+    :func:`dyt_inference` without."""
+    if _kernel_ok(x, alpha, weight, bias):
+        return _dyt_kernel(x, alpha, weight, bias)
+    return _dyt_torch(x, alpha, weight, bias)
+
+
+def dyt_auto(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """DyT through the route measured fastest for this input (:mod:`~autonorm.norms.select`)."""
+    if torch.compiler.is_compiling():
+        return dyt_reference(x, alpha, weight, bias)
+    args = (x, alpha, weight, bias)
+    name = _choose("dyt", args, _routes(x, _kernel_ok(*args)), DYT_ROUTES)
+    return DYT_ROUTES[name](*args)
 
 
 # ------------------------------------------------------------------------------- AutoNorm blend
@@ -186,7 +232,7 @@ def blend_inference(
     Two full-size tensors are allocated (the LayerNorm output and the result); everything else
     happens in place.
     """
-    dtype = _compute_dtype(x, ln_weight, alpha, dyt_weight)
+    dtype, out = _dtypes(x, ln_weight, alpha, dyt_weight)
     x = x.to(dtype)
     a3 = a.to(dtype).view(-1, 1, 1)
     p_row, q_row = _blend_rows(a3, alpha.to(dtype), dyt_weight.to(dtype), dyt_bias.to(dtype))
@@ -194,7 +240,7 @@ def blend_inference(
     y = torch.mul(x, alpha.to(dtype) * 2)
     y.sigmoid_()
     torch.addcmul(q_row, y, p_row, out=y)  # in place: y = P s + Q
-    return y.addcmul_(ln_out, a3)
+    return y.addcmul_(ln_out, a3).to(out)
 
 
 class BlendFunction(torch.autograd.Function):
@@ -272,17 +318,132 @@ def blend_fused(
     dyt_weight: torch.Tensor,
     dyt_bias: torch.Tensor,
 ) -> torch.Tensor:
-    """Fused AutoNorm blend: the C++ kernels (:mod:`~autonorm.norms.native`) for float32 CPU
-    tensors when available, else :class:`BlendFunction` under autograd and
+    """Fused AutoNorm blend: the C++ kernels (:mod:`~autonorm.norms.native`) for CPU tensors
+    computed in float32 when available, else :class:`BlendFunction` under autograd and
     :func:`blend_inference` without."""
+    args = (x, a, ln_weight, ln_bias, eps, alpha, dyt_weight, dyt_bias)
+    if x.dim() == 3 and _kernel_ok(x, a, ln_weight, ln_bias, alpha, dyt_weight, dyt_bias):
+        return _blend_kernel(*args)
+    return _blend_torch(*args)
+
+
+def _blend_kernel(
+    x: torch.Tensor, a: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
+    alpha: torch.Tensor, dyt_weight: torch.Tensor, dyt_bias: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
+    dtype, out = _dtypes(x, ln_weight, alpha, dyt_weight)
+    x, a, lw, lb, al, dw, db = _cast(dtype, x, a, ln_weight, ln_bias, alpha, dyt_weight, dyt_bias)
+    return native.blend(x, a, lw, lb, eps, al, dw, db).to(out)
+
+
+def _blend_torch(
+    x: torch.Tensor, a: torch.Tensor, ln_weight: torch.Tensor, ln_bias: torch.Tensor, eps: float,
+    alpha: torch.Tensor, dyt_weight: torch.Tensor, dyt_bias: torch.Tensor,
+) -> torch.Tensor:  # fmt: skip
     tensors = (x, a, ln_weight, ln_bias, alpha, dyt_weight, dyt_bias)
-    if x.dim() == 3 and native.usable(*tensors) is not None:
-        return native.blend(x, a, ln_weight, ln_bias, eps, alpha, dyt_weight, dyt_bias)
     if not needs_grad(*tensors):
         return blend_inference(x, a, ln_weight, ln_bias, eps, alpha, dyt_weight, dyt_bias)
-    dtype = _compute_dtype(x, ln_weight, alpha, dyt_weight)
-    x, a, lw, lb, al, dw, db = (t.to(dtype) for t in tensors)
-    return BlendFunction.apply(x.contiguous(), a.contiguous(), lw, lb, al, dw, db, float(eps))
+    dtype, out = _dtypes(x, ln_weight, alpha, dyt_weight)
+    x, a, lw, lb, al, dw, db = _cast(dtype, *tensors)
+    return BlendFunction.apply(x.contiguous(), a.contiguous(), lw, lb, al, dw, db, float(eps)).to(out)
+
+
+def _blend_compiled(*args: Any) -> torch.Tensor:
+    return call_compiled(blend_reference, *args)
+
+
+#: The routes ``impl="auto"`` chooses among for the AutoNorm blend (all compute :func:`blend_reference`).
+BLEND_ROUTES: dict[str, Callable[..., torch.Tensor]] = {
+    "kernel": _blend_kernel, "torch": _blend_torch, "eager": blend_reference, "compiled": _blend_compiled,
+}  # fmt: skip
+
+
+def blend_auto(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    alpha: torch.Tensor,
+    dyt_weight: torch.Tensor,
+    dyt_bias: torch.Tensor,
+) -> torch.Tensor:
+    """The AutoNorm blend through the route measured fastest for this input."""
+    args = (x, a, ln_weight, ln_bias, eps, alpha, dyt_weight, dyt_bias)
+    if torch.compiler.is_compiling():
+        return blend_reference(*args)
+    kernel = x.dim() == 3 and _kernel_ok(x, a, ln_weight, ln_bias, alpha, dyt_weight, dyt_bias)
+    name = _choose("blend", args, _routes(x, kernel), BLEND_ROUTES)
+    return BLEND_ROUTES[name](*args)
+
+
+# ------------------------------------------------------------------- measured choice (auto)
+def _kernel_ok(x: torch.Tensor, *params: torch.Tensor) -> bool:
+    """Whether the C++ kernels can compute this call (CPU tensors computed in float32)."""
+    return native.usable_for(_dtypes(x, *params)[0], x, *params) is not None
+
+
+def _routes(x: torch.Tensor, kernel: bool) -> tuple[str, ...]:
+    """The candidate routes: the kernels where they apply, the torch-op kernels, the eager
+    formula, and on GPUs the compiled formula (on CPU compiling every norm op costs tens of
+    seconds; ``impl="compiled"`` or ``trainer.compile`` force it)."""
+    names = ("kernel", "torch", "eager") if kernel else ("torch", "eager")
+    return names + ("compiled",) if x.is_cuda else names
+
+
+def timed_call(fn: Callable[..., Any], args: tuple[Any, ...], train: bool) -> Callable[[], Any]:
+    """A callable without arguments that runs ``fn`` on detached copies of ``args``: the forward
+    without autograd, or (``train``) forward and backward by :func:`torch.autograd.grad` on the
+    copies, so nothing reaches the real inputs' graph or ``.grad``."""
+    copies = tuple(
+        a.detach().clone().requires_grad_(train and a.requires_grad) if isinstance(a, torch.Tensor) else a for a in args
+    )
+    leaves = [c for c in copies if isinstance(c, torch.Tensor) and c.requires_grad]
+    if not leaves:
+
+        def forward() -> None:
+            with torch.no_grad():
+                fn(*copies)
+
+        return forward
+    grad: list[torch.Tensor] = []
+
+    def step() -> None:
+        y = fn(*copies)
+        y = y[0] if isinstance(y, tuple) else y
+        if not grad:
+            grad.append(torch.ones_like(y))
+        torch.autograd.grad(y, leaves, grad[0])
+
+    return step
+
+
+def _choose(op: str, args: tuple[Any, ...], names: tuple[str, ...], routes: dict[str, Callable[..., Any]], train: Optional[bool] = None) -> str:
+    x = args[0]
+    if train is None:
+        train = needs_grad(*(a for a in args if isinstance(a, torch.Tensor)))
+    return select.choose(op, x, train, names, lambda n: timed_call(routes[n], args, train))
+
+
+def prefer_kernel(op: str, args: tuple[Any, ...], kernel_fn: Callable[..., Any], torch_fn: Callable[..., Any], train: Optional[bool] = None) -> bool:
+    """``impl="auto"`` for an op with one kernel and one torch-op implementation: whether the
+    kernel was measured faster for ``args`` (``args[0]`` is the input that sets the key;
+    ``train``: time forward and backward, default: whether autograd records the call)."""
+    return _choose(op, args, ("kernel", "torch"), {"kernel": kernel_fn, "torch": torch_fn}, train) == "kernel"
+
+
+def token_mean(x: torch.Tensor, impl: str) -> torch.Tensor:
+    """``x.mean(dim=1)`` for ``x`` (B, N, C): the C++ kernel for ``fused`` on float32 CPU input,
+    for ``auto`` where measured faster (forward only, whatever the autograd state, so a model and
+    its deployed copy choose alike); ``x.mean`` otherwise."""
+    if impl in ("fused", "auto") and x.dim() == 3 and native.usable(x) is not None:
+        if impl == "fused" or prefer_kernel("token_mean", (x,), native.token_mean, _token_mean_torch, train=False):
+            return native.token_mean(x)
+    return x.mean(dim=1)
+
+
+def _token_mean_torch(x: torch.Tensor) -> torch.Tensor:
+    return x.mean(dim=1)
 
 
 # ------------------------------------------------------------------------------ torch.compile
@@ -341,16 +502,25 @@ def call_compiled(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
 
 
 __all__ = [
+    "BLEND_ROUTES",
+    "DEFAULT_IMPL",
+    "DYT_ROUTES",
     "IMPLS",
+    "LOW_PRECISION",
     "BlendFunction",
     "DyTFunction",
+    "blend_auto",
     "blend_fused",
     "blend_inference",
     "blend_reference",
     "call_compiled",
     "check_impl",
+    "prefer_kernel",
+    "timed_call",
+    "token_mean",
     "compile_backend",
     "compile_failures",
+    "dyt_auto",
     "dyt_fused",
     "dyt_inference",
     "dyt_reference",

@@ -1,16 +1,20 @@
 """Build and load the single-pass C++ CPU kernels in ``csrc/norm_kernels.cpp``.
 
-``impl="fused"`` (the default) runs DyT, the AutoNorm blend and AFN's batch statistics through
-these kernels when the input is a float32 CPU tensor and the kernels are available; otherwise
-(GPU, other dtypes, no compiler) it runs the torch-op versions in :mod:`autonorm.norms.fused`,
-which compute the same function. Both are tested against the eager reference.
+``impl="fused"`` runs DyT, the AutoNorm blend and AFN's batch statistics through these kernels
+when the input is a CPU tensor computed in float32 (bfloat16 / float16 input is converted on the
+way in) and the kernels are available; otherwise (GPU, float64, no compiler) it runs the torch-op
+versions in :mod:`autonorm.norms.fused`, which compute the same function. Both are tested
+against the eager reference. ``impl="auto"`` (:mod:`autonorm.norms.select`) uses the kernels
+only where they were measured faster than the torch ops.
 
 The kernels are compiled on first use with :func:`torch.utils.cpp_extension.load` (g++ ``-O3
--march=native -fopenmp``, about 30 s on 2 cores, once per machine) into
-``$AUTONORM_KERNEL_DIR`` (default ``~/.cache/autonorm/kernels``), in a folder keyed by the source,
-the torch version and the CPU's instruction-set flags, so a cache shared between different
-machines never loads a library built for another CPU. Concurrent processes wait on the build
-lock of ``cpp_extension``.
+-march=native -fopenmp``, about 15 s, announced on stderr, once per machine) into
+``$AUTONORM_KERNEL_DIR`` (default ``~/.cache/autonorm/kernels``), in a folder named by a hash of
+the source's content, the torch version, the compiler flags and the CPU's instruction-set flags.
+The source is copied into that folder and compiled from there, so the build does not depend on
+where the package lies: two checkouts (or an installed copy) of the same source share one build,
+and a cache shared between different machines never loads a library built for another CPU.
+Concurrent processes wait on the build lock of ``cpp_extension``.
 
 ``AUTONORM_NATIVE=0`` turns the kernels off (torch-op path everywhere). A failed build is one
 :class:`RuntimeWarning` and the torch-op path for the rest of the process; :func:`status` says
@@ -91,6 +95,24 @@ def _build() -> Any:
     key = build_key()
     build_dir = kernel_dir() / key
     build_dir.mkdir(parents=True, exist_ok=True)
+    name = f"autonorm_native_{key}"
+    library = build_dir / f"{name}.so"
+    if library.exists():
+        # built before (by any checkout or environment with this source, torch and CPU): load it
+        # without cpp_extension, whose build files name paths of the environment that built it.
+        # The build lock (an advisory lock, as cpp_extension takes it) waits out a build in progress.
+        try:
+            from filelock import FileLock
+
+            with FileLock(str(build_dir / "lock"), timeout=STALE_LOCK_S):
+                torch.ops.load_library(str(library))
+            _state["path"] = str(library)
+            return torch.ops.autonorm_native
+        except Exception:  # noqa: BLE001 - an unloadable library or a lock never released: build below
+            pass
+    source = _source_copy(build_dir)
+    if not library.exists():
+        print("autonorm: building norm kernels, about 15 s, once", file=sys.stderr, flush=True)
     # cpp_extension waits for its lock file as long as it exists; a build killed midway leaves
     # it behind. A build takes well under a minute, so a lock older than STALE_LOCK_S is stale.
     lock = build_dir / "lock"
@@ -100,8 +122,8 @@ def _build() -> Any:
     except OSError:
         pass
     path = cpp_extension.load(
-        name=f"autonorm_native_{key}",
-        sources=[str(SOURCE)],
+        name=name,
+        sources=[str(source)],
         extra_cflags=list(CFLAGS),
         extra_ldflags=list(LDFLAGS),
         build_directory=str(build_dir),
@@ -110,6 +132,22 @@ def _build() -> Any:
     )
     _state["path"] = str(path) if path else str(build_dir)
     return torch.ops.autonorm_native
+
+
+def _source_copy(build_dir: Path) -> Path:
+    """The kernel source inside ``build_dir`` (written atomically when missing or different), so
+    the build commands name the same file whichever checkout asks for the build."""
+    data = SOURCE.read_bytes()
+    dest = build_dir / SOURCE.name
+    try:
+        if dest.read_bytes() == data:
+            return dest
+    except OSError:
+        pass
+    tmp = build_dir / f".{SOURCE.name}.{os.getpid()}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, dest)
+    return dest
 
 
 def ops() -> Optional[Any]:
@@ -146,6 +184,17 @@ def usable(*tensors: torch.Tensor) -> Optional[Any]:
         return None
     for t in tensors:
         if t.device.type != "cpu" or t.dtype != torch.float32:
+            return None
+    return ops()
+
+
+def usable_for(dtype: torch.dtype, *tensors: torch.Tensor) -> Optional[Any]:
+    """The kernels if the computation runs in float32 (``dtype``) on CPU tensors (of any
+    floating dtype, converted by the caller) and the kernels are available; see :func:`usable`."""
+    if dtype != torch.float32 or _state["off"] or torch.compiler.is_compiling():
+        return None
+    for t in tensors:
+        if t.device.type != "cpu" or not t.is_floating_point():
             return None
     return ops()
 
@@ -357,4 +406,5 @@ __all__ = [
     "token_mean",
     "turned_off",
     "usable",
+    "usable_for",
 ]

@@ -13,11 +13,20 @@
 // y = a LN(x) + (1 - a) DyT(x) with a per-sample weight a.
 //
 // Layout: x is contiguous (rows, C); the blend's x is (B, N, C). Parallelism: at::parallel_for
-// over rows (DyT, AFN) or samples (blend), one chunk per thread; per-channel reductions go into
+// over rows (DyT, AFN) or samples (blend), one chunk per thread, chunks of at least
+// 32768 elements (aten's own threshold for element-wise kernels, so a small
+// tensor does not wake more threads than aten would); per-channel reductions go into
 // per-thread partial buffers (double) that are summed at the end, so results do not depend on
 // timing (they do depend on the thread count, at float rounding level, as aten's reductions do).
+//
+// Threads: at::parallel_for is a header template, so its `omp parallel` runs in the OpenMP
+// runtime this library was linked against. Where that is a different runtime from torch's
+// (a torch build that bundles its own libgomp under another name), torch.set_num_threads does
+// not reach it; parallel_rows() copies torch's thread count into it before every parallel
+// region, and the partial buffers are sized for the larger of the two counts.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <omp.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -56,13 +65,26 @@ void check_float_cpu(const at::Tensor& t, const char* name) {
   TORCH_CHECK(t.scalar_type() == at::kFloat, "autonorm_native: ", name, " must be float32, got ", t.scalar_type());
 }
 
-int64_t row_grain(int64_t C) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1)); }
+// aten's at::internal::GRAIN_SIZE (ATen/TensorIterator.h): elements per chunk of its element-wise kernels
+constexpr int64_t kGrainElements = 32768;
+int64_t row_grain(int64_t C) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(C, 1)); }
+
+// The most threads a parallel region of this library can have.
+int64_t max_team() { return std::max<int64_t>(at::get_num_threads(), omp_get_max_threads()); }
+
+// at::parallel_for with torch's thread count in this library's OpenMP runtime (see the top).
+template <typename F>
+void parallel_rows(int64_t n, int64_t grain, const F& f) {
+  const int torch_threads = at::get_num_threads();
+  if (omp_get_max_threads() != torch_threads && !omp_in_parallel()) omp_set_num_threads(torch_threads);
+  at::parallel_for(0, n, grain, f);
+}
 
 // Per-thread partial sums of `width` doubles, summed by reduce().
 struct Partials {
   int64_t width;
   std::vector<double> buf;
-  explicit Partials(int64_t w) : width(w), buf(static_cast<size_t>(w) * at::get_num_threads(), 0.0) {}
+  explicit Partials(int64_t w) : width(w), buf(static_cast<size_t>(w) * max_team(), 0.0) {}
   double* of_this_thread() { return buf.data() + static_cast<size_t>(at::get_thread_num()) * width; }
   std::vector<double> reduce() const {
     std::vector<double> out(width, 0.0);
@@ -143,7 +165,7 @@ at::Tensor dyt_forward(const at::Tensor& x_in, const at::Tensor& alpha, const at
   const float *w2p = d.w2.data(), *shp = d.sh.data();
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, M, row_grain(C), [=](int64_t r0, int64_t r1) {
+  parallel_rows(M, row_grain(C), [=](int64_t r0, int64_t r1) {
     // local copies: g++ turns loads through captured pointers inside `omp simd` into gathers
     const float* w2l = w2p;
     const float* shl = shp;
@@ -174,7 +196,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dyt_backward(
   const float* w2p = d.w2.data();
   // partial layout: [dw (C) | db (C) | dalpha (1)]
   Partials part(2 * C + 1);
-  at::parallel_for(0, M, row_grain(C), [=, &part](int64_t r0, int64_t r1) {
+  parallel_rows(M, row_grain(C), [=, &part](int64_t r0, int64_t r1) {
     double* acc = part.of_this_thread();
     const float* w2l = w2p;  // local copy (see dyt_forward)
     std::vector<float> dw_f(C, 0.0f), db_f(C, 0.0f);
@@ -230,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> blend_forward(
   float* mp = save_stats ? mean.data_ptr<float>() : nullptr;
   float* rp = save_stats ? rstd.data_ptr<float>() : nullptr;
   const float epsf = static_cast<float>(eps);
-  at::parallel_for(0, B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
+  parallel_rows(B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
     std::vector<float> A(C), Bc(C), P(C);
     for (int64_t bi = b0; bi < b1; ++bi) {
       const float av = ap[bi], k = 1.0f - av;
@@ -272,7 +294,7 @@ at::Tensor select_forward(const at::Tensor& x_in, const at::Tensor& use_ln_in, c
   const float* xp = x.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   const float epsf = static_cast<float>(eps);
-  at::parallel_for(0, B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
+  parallel_rows(B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
     const float* lwl = lw;  // local copies (see dyt_forward)
     const float* lbl = lb;
     const float* w2l = w2p;
@@ -322,7 +344,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const float invC = 1.0f / static_cast<float>(C);
   // partial layout: [dlw | dlb | ddw | ddb] (4C) + dalpha (1)
   Partials part(4 * C + 1);
-  at::parallel_for(0, B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=, &part](int64_t b0, int64_t b1) {
+  parallel_rows(B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=, &part](int64_t b0, int64_t b1) {
     double* acc = part.of_this_thread();
     // per-sample float accumulators, flushed into acc after each sample
     std::vector<float> f_lw(C), f_lb(C), f_gs(C), GL(C);
@@ -401,7 +423,7 @@ at::Tensor token_mean(const at::Tensor& x_in) {
   const float* xp = x.data_ptr<float>();
   float* hp = h.data_ptr<float>();
   const float invN = 1.0f / static_cast<float>(std::max<int64_t>(N, 1));
-  at::parallel_for(0, B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
+  parallel_rows(B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
     for (int64_t bi = b0; bi < b1; ++bi) {
       float* hr = hp + bi * C;
       for (int64_t c = 0; c < C; ++c) hr[c] = 0.0f;
@@ -427,7 +449,7 @@ std::tuple<at::Tensor, at::Tensor> channel_moments(const at::Tensor& x_in) {
   TORCH_CHECK(M > 0, "autonorm_native.channel_moments: empty input");
   const float* xp = x.data_ptr<float>();
   Partials part(2 * C);
-  at::parallel_for(0, M, row_grain(C), [=, &part](int64_t r0, int64_t r1) {
+  parallel_rows(M, row_grain(C), [=, &part](int64_t r0, int64_t r1) {
     double* acc = part.of_this_thread();
     // shift by the chunk's first row for accuracy (sum of (x - x0), (x - x0)^2), flushed every 256 rows
     std::vector<float> s(C, 0.0f), q(C, 0.0f), x0(xp + r0 * C, xp + r0 * C + C);
@@ -476,7 +498,7 @@ std::tuple<at::Tensor, at::Tensor> affine_param_grads(const at::Tensor& g_in, co
   const float* xp = x.data_ptr<float>();
   const float* gp = g.data_ptr<float>();
   Partials part(2 * C);
-  at::parallel_for(0, M, row_grain(C), [=, &part](int64_t r0, int64_t r1) {
+  parallel_rows(M, row_grain(C), [=, &part](int64_t r0, int64_t r1) {
     double* acc = part.of_this_thread();
     std::vector<float> s(C, 0.0f), q(C, 0.0f);
     float* sp = s.data();
@@ -507,7 +529,7 @@ at::Tensor affine_forward(const at::Tensor& x_in, const at::Tensor& scale, const
   const float* scp = sc.data_ptr<float>();
   const float* shp = sh.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  at::parallel_for(0, M, row_grain(C), [=](int64_t r0, int64_t r1) {
+  parallel_rows(M, row_grain(C), [=](int64_t r0, int64_t r1) {
     const float* scl = scp;  // local copies (see dyt_forward)
     const float* shl = shp;
     for (int64_t r = r0; r < r1; ++r) {
@@ -531,7 +553,7 @@ at::Tensor affine_input_grad(const at::Tensor& g_in, const at::Tensor& x_in, con
   const float *xp = x.data_ptr<float>(), *gp = g.data_ptr<float>();
   const float *scp = sc.data_ptr<float>(), *k0p = a0.data_ptr<float>(), *k1p = a1.data_ptr<float>();
   float* dxp = dx.data_ptr<float>();
-  at::parallel_for(0, M, row_grain(C), [=](int64_t r0, int64_t r1) {
+  parallel_rows(M, row_grain(C), [=](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = xp + r * C;
       const float* gr = gp + r * C;

@@ -1,0 +1,267 @@
+"""``impl="auto"``: measure once which implementation of a norm computation is fastest on this
+machine, and keep using it.
+
+The implementations it chooses among (the C++ kernels ``kernel``, the torch-op kernels
+``torch``, the eager formula ``eager`` and, on GPUs, ``compiled``) compute the same function
+(:mod:`autonorm.norms.fused`; every one is tested against the eager formula, forward and
+gradients), so the choice changes speed only, never what is computed beyond float rounding.
+
+On the first call for a *choice key* every candidate is timed with :mod:`torch.utils.benchmark`
+(interleaved rounds, median per round, the best round counts) on detached copies of the real
+inputs: forward only for inference, forward plus backward (through :func:`torch.autograd.grad`
+on the copies, so the model's graph and ``.grad`` are untouched) when autograd records the call.
+The key is the op, the device (the GPU's name on CUDA), the dtype, inference or training, the
+input shape with every dimension but the last rounded up to a power of two, the channel count,
+the torch thread count and the candidate set.
+
+The choices are cached per machine in ``<kernel dir>/auto-<machine>.json`` (beside the kernel
+builds, :func:`autonorm.norms.native.kernel_dir`), where ``<machine>`` hashes the CPU model and
+instruction-set flags and the torch version. The file is only a cache: an unreadable or
+malformed file is ignored (one warning) and rewritten; it is written atomically (a temporary file
+renamed over it, entries of other processes merged in under a lock file held at most
+``LOCK_WAIT_S``), so concurrent processes never read a torn file and at worst time the same key
+twice; a choice never waits on another process for longer than that.
+
+Under :func:`torch.compile` tracing nothing is measured: the callers use the eager formula,
+which the compiler fuses. A candidate that raises while being measured is dropped.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+#: The ``impl`` of every norm unless told otherwise (the configs in ``conf/norm`` use it too).
+DEFAULT_IMPL = "auto"
+#: Route names, in the order used when nothing can be measured.
+ROUTES: tuple[str, ...] = ("kernel", "torch", "eager", "compiled")
+#: Seconds of timing per candidate and round, and rounds (interleaved, the opening one rotating).
+MEASURE_S = 0.02
+ROUNDS = 3
+#: Longest wait for another process writing the cache file.
+LOCK_WAIT_S = 2.0
+SCHEMA = 1
+
+_lock = threading.RLock()
+_fast: dict[tuple[Any, ...], str] = {}
+_choices: dict[str, dict[str, Any]] = {}
+_state: dict[str, Any] = {"loaded": None, "measuring": False}
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_description() -> str:
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name") and ":" in line:
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")) and not flags:
+                flags = line.split(":", 1)[-1].strip()
+            if flags and model:
+                break
+    except OSError:
+        pass
+    return f"{platform.machine()}|{model}|{flags}"
+
+
+def machine_key() -> str:
+    """Hash of the CPU (model, instruction-set flags) and the torch version: the cache file's name."""
+    return hashlib.sha256(f"{_cpu_description()}|{torch.__version__}".encode()).hexdigest()[:16]
+
+
+def cache_path() -> Path:
+    """The JSON file holding this machine's choices."""
+    from .native import kernel_dir
+
+    return kernel_dir() / f"auto-{machine_key()}.json"
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+_device_names: dict[str, str] = {}
+
+
+def _device(dev: torch.device) -> str:
+    if dev.type != "cuda":
+        return dev.type
+    key = str(dev)
+    if key not in _device_names:
+        try:
+            _device_names[key] = f"cuda:{torch.cuda.get_device_name(dev)}"
+        except Exception:  # noqa: BLE001 - a name only
+            _device_names[key] = "cuda"
+    return _device_names[key]
+
+
+def choice_key(op: str, x: torch.Tensor, train: bool, names: Sequence[str]) -> str:
+    """The cache key of one choice (see the module docstring)."""
+    shape = [str(_bucket(s)) for s in x.shape[:-1]] + [f"C{x.shape[-1] if x.dim() else 1}"]
+    dtype = str(x.dtype).replace("torch.", "")
+    mode = "train" if train else "infer"
+    return f"{op}|{_device(x.device)}|{dtype}|{mode}|{'x'.join(shape)}|T{torch.get_num_threads()}|{'+'.join(names)}"
+
+
+# ------------------------------------------------------------------------------------- cache file
+def _read(path: Path) -> dict[str, dict[str, Any]]:
+    """The choices stored in ``path``; {} (and one warning) when it is unreadable or malformed."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        _warn_once(f"cannot read {path} ({exc}); measuring again")
+        return {}
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        entries = data["choices"]
+        if data.get("schema") != SCHEMA or not isinstance(entries, dict):
+            raise ValueError("unknown layout")
+        return {k: v for k, v in entries.items() if isinstance(v, dict) and v.get("impl") in ROUTES}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        _warn_once(f"ignoring the malformed cache {path} ({type(exc).__name__}); it will be rewritten")
+        return {}
+
+
+def _write(path: Path, entries: dict[str, dict[str, Any]]) -> None:
+    """Merge ``entries`` into ``path`` and replace it atomically; a failure only warns. Writers
+    take turns on a lock file for at most ``LOCK_WAIT_S`` (then write anyway: the worst case
+    is an entry lost, measured again by a later process)."""
+    from filelock import FileLock, Timeout
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + ".lock", timeout=LOCK_WAIT_S)
+        try:
+            lock.acquire()
+        except Timeout:
+            pass
+        try:
+            _replace(path, entries)
+        finally:
+            if lock.is_locked:
+                lock.release()
+    except OSError as exc:
+        _warn_once(f"cannot write {path} ({exc}); the choice holds for this process only")
+
+
+def _replace(path: Path, entries: dict[str, dict[str, Any]]) -> None:
+    merged = {**_read(path), **entries}
+    body = {"schema": SCHEMA, "machine": _cpu_description().split("|", 2)[1], "torch": torch.__version__, "choices": merged}
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(body, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(msg: str) -> None:
+    if msg not in _warned:
+        _warned.add(msg)
+        warnings.warn(f"autonorm impl=auto: {msg}", RuntimeWarning, stacklevel=4)
+
+
+def _load() -> None:
+    path = cache_path()
+    if _state["loaded"] != path:
+        _choices.clear()
+        _fast.clear()
+        _choices.update(_read(path))
+        _state["loaded"] = path
+
+
+# ------------------------------------------------------------------------------------ measuring
+def _measure(names: Sequence[str], make: Callable[[str], Callable[[], Any]]) -> tuple[Optional[str], dict[str, float]]:
+    """Time every candidate; (the fastest, {name: best round median in microseconds})."""
+    from torch.utils import benchmark
+
+    fns: dict[str, Callable[[], Any]] = {}
+    for name in names:
+        try:
+            fn = make(name)
+            fn()  # warm-up (and compilation, for the compiled route)
+            fns[name] = fn
+        except Exception:  # noqa: BLE001 - a candidate that cannot run is not a candidate
+            continue
+    if len(fns) < 2:
+        return (next(iter(fns)) if fns else None), {}
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    order = list(fns)
+    threads = torch.get_num_threads()
+    for r in range(ROUNDS):
+        k = r % len(order)
+        for name in order[k:] + order[:k]:
+            timer = benchmark.Timer(stmt="f()", globals={"f": fns[name]}, num_threads=threads)
+            times[name].append(timer.blocked_autorange(min_run_time=MEASURE_S).median)
+    best = {n: min(t) * 1e6 for n, t in times.items()}
+    return min(best, key=best.__getitem__), best
+
+
+def choose(op: str, x: torch.Tensor, train: bool, names: Sequence[str], make: Callable[[str], Callable[[], Any]]) -> str:
+    """The fastest of ``names`` for ``op`` on input ``x``.
+
+    ``make(name)`` returns a callable without arguments that runs candidate ``name`` once on
+    copies of the inputs (called only when the key is not known yet). ``train``: whether the
+    call is recorded by autograd (then ``make``'s callables run forward and backward).
+    """
+    names = tuple(names)
+    fast_key = (op, x.device, x.dtype, train, tuple(x.shape), torch.get_num_threads(), names)
+    hit = _fast.get(fast_key)
+    if hit is not None:
+        return hit
+    if len(names) == 1:
+        return names[0]
+    with _lock:
+        if _state["measuring"]:  # a candidate calling back into a choice: no nested timing
+            return names[0]
+        _load()
+        key = choice_key(op, x, train, names)
+        entry = _choices.get(key)
+        name = entry.get("impl") if entry else None
+        if name not in names:
+            _state["measuring"] = True
+            try:
+                name, micros = _measure(names, make)
+            finally:
+                _state["measuring"] = False
+            if name is None:
+                return names[0]
+            _choices[key] = {"impl": name, "us": {k: round(v, 2) for k, v in micros.items()}}
+            _write(cache_path(), {key: _choices[key]})
+        if len(_fast) > 4096:
+            _fast.clear()
+        _fast[fast_key] = name
+        return name
+
+
+def choices() -> dict[str, dict[str, Any]]:
+    """``{choice key: {"impl": route, "us": {route: microseconds}}}`` known to this process."""
+    with _lock:
+        return {k: dict(v) for k, v in _choices.items()}
+
+
+def forget() -> None:
+    """Forget the choices held in memory (the file is read again on the next choice)."""
+    with _lock:
+        _fast.clear()
+        _choices.clear()
+        _state["loaded"] = None
+
+
+__all__ = ["DEFAULT_IMPL", "ROUTES", "cache_path", "choice_key", "choices", "choose", "forget", "machine_key"]

@@ -1,9 +1,23 @@
 #!/usr/bin/env python
-"""Performance benchmark of the norms, the training stack and the data path (CPU, fp32, eager).
+"""Performance benchmark of the norms, the training stack and the data path.
 
 Usage::
 
     python scripts/bench.py [--quick] [--out outputs/bench/bench.json] [--models vit_micro,vit_tiny]
+                            [--device cpu|cuda] [--precision 32-true|bf16-mixed] [--compile]
+                            [--impl auto|fused|eager|compiled]
+
+Defaults: CPU, float32, eager modules, the norms' ``impl`` from ``conf/norm`` (``auto``).
+``--precision bf16-mixed`` runs training steps and inference under ``torch.autocast`` (bfloat16)
+and compares throughput with the bfloat16 matmul rate; ``--compile`` wraps every model in
+``torch.compile`` (compilation happens in the untimed warm-up); ``--device cuda`` runs on the
+first GPU (CUDA events are synchronised after every timed call) and skips the two CPU-only
+figures (Lightning overhead, data path). ``--impl`` forces one implementation on every norm.
+
+The machine is recorded in the JSON and printed: CPU model and instruction-set flags, torch
+threads, the GPU's name, and the measured matmul rates in float32 and bfloat16 (GFLOP/s, an
+n x n x n product counted as 2 n^3 FLOPs). Ratios are only ever formed within one run; figures
+from different machines are not comparable.
 
 Everything is measured in ONE process. Every comparison is INTERLEAVED: the variants being
 compared run round-robin (one "round" = a few timed repetitions of each variant, the starting
@@ -28,9 +42,11 @@ Figures (each printed as ``RATIO <name> <value> (target <= <x>)`` or ``(target >
    padding 4 + horizontal flip) divided by images/s the vit_micro training step consumes,
    target >= 10.
 5. ``throughput_vs_matmul/<model>/<norm>``: achieved training GFLOP/s (3 x forward FLOPs per
-   step / step time) divided by the GFLOP/s of a 2048x2048 @ 2048x2048 fp32 matmul, target >= 0.60.
-   Both count 2 FLOPs per multiply-add (fvcore's matrix-product counts, 1 per multiply-add, are
-   doubled; its element-wise counts are kept).
+   step / step time) divided by the GFLOP/s of a 2048x2048 @ 2048x2048 matmul in the run's
+   precision (float32, or bfloat16 with ``--precision bf16-mixed``), target >= 0.60. FLOP
+   convention: 2 FLOPs per multiply-add on both sides (fvcore's matrix-product counts are
+   brought to this convention whatever convention ``count_flops`` reports, by counting a probe
+   layer of known size; element-wise counts are kept).
 
 Before measuring, the script samples the machine's CPU use by other processes for ~1 s
 (``/proc/stat`` minus this process) and reads ``/proc/loadavg``; it repeats the accounting over
@@ -96,6 +112,9 @@ VARIANTS: dict[str, tuple[str, Optional[str]]] = {
 TRAIN_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel", "afn")
 INFER_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel")
 TRAIN_TARGETS = {"dyt": 1.00, "autonorm_soft": 1.05, "autonorm_gumbel": 1.05, "afn": 1.10}
+PRECISIONS = ("32-true", "bf16-mixed")
+#: Instruction-set flags printed with the CPU model (all flags are in the JSON).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
 INFER_TARGET = 1.00
 LIGHTNING_TARGET = 1.03
 DATA_PATH_TARGET = 10.0
@@ -127,6 +146,11 @@ class BenchConfig:
 
     models: list[ModelSpec]
     mode: str = "full"
+    device: str = "cpu"
+    precision: str = "32-true"  # or bf16-mixed (torch.autocast to bfloat16)
+    compile: bool = False
+    impl: Optional[str] = None  # None: the configs' impl
+    matmul_rounds: int = 3
     infer_batch: int = 256
     infer_rounds: int = 5
     infer_iters_per_round: int = 3
@@ -156,13 +180,17 @@ def load_model_cfg(name: str) -> dict[str, Any]:
     return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
 
 
-def norm_cfg(variant: str) -> dict[str, Any]:
-    """The ``norm`` config of a variant, read from ``conf/norm`` (and ``conf/gate`` for AutoNorm)."""
+def norm_cfg(variant: str, impl: Optional[str] = None) -> dict[str, Any]:
+    """The ``norm`` config of a variant, read from ``conf/norm`` (and ``conf/gate`` for AutoNorm),
+    with ``impl`` forced when given (LayerNorm has none)."""
     norm, gate = VARIANTS[variant]
     root = {"norm": OmegaConf.load(CONF / "norm" / f"{norm}.yaml")}
     if gate is not None:
         root["gate"] = OmegaConf.load(CONF / "gate" / f"{gate}.yaml")
-    return OmegaConf.to_container(OmegaConf.create(root), resolve=True)["norm"]  # type: ignore[index]
+    out = OmegaConf.to_container(OmegaConf.create(root), resolve=True)["norm"]  # type: ignore[index]
+    if impl is not None and "impl" in out:
+        out["impl"] = impl
+    return out
 
 
 def optim_cfg() -> dict[str, Any]:
@@ -198,23 +226,36 @@ def default_config(quick: bool = False, models: Optional[Sequence[str]] = None) 
 
 
 # --------------------------------------------------------------------------- machine and idleness
-def machine_info() -> dict[str, Any]:
-    """CPU model, core counts, platform."""
-    cpu_model = platform.processor() or "unknown"
+def machine_info(device: str = "cpu") -> dict[str, Any]:
+    """CPU model and instruction-set flags, core counts, platform, GPU name (for ``cuda``)."""
+    cpu_model, flags = platform.processor() or "unknown", ""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
+            if line.lower().startswith("model name") and cpu_model in ("unknown", platform.processor()):
                 cpu_model = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith(("flags", "Features")) and not flags:
+                flags = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return {
+    flag_set = set(flags.split())
+    info = {
         "cpu_model": cpu_model,
+        "cpu_flags": flags,
+        "cpu_isa": [f for f in ISA_FLAGS if f in flag_set],
         "cores": usable_cores(),
         "logical_cpus": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None,
     }
+    return info
+
+
+def auto_choices() -> dict[str, Any]:
+    """The choices ``impl="auto"`` made (or read from its cache) in this process."""
+    from autonorm.norms import select
+
+    return select.choices()
 
 
 def native_status() -> dict[str, Any]:
@@ -289,16 +330,20 @@ def round_robin(
     rounds: int,
     reps: int | dict[str, int] = 1,
     warmup: int = 1,
+    sync: Optional[Callable[[], None]] = None,
 ) -> dict[str, list[list[float]]]:
     """Time each unit ``reps`` times per round, the units taken in turn, for ``rounds`` rounds.
 
     ``warmup`` untimed calls of every unit come first. The unit that opens a round rotates, so no
-    variant always runs first. Returns ``{name: [[seconds of each rep] for each round]}``.
+    variant always runs first. ``sync`` (e.g. ``torch.cuda.synchronize``) runs before the clock
+    starts and before it stops. Returns ``{name: [[seconds of each rep] for each round]}``.
     """
+    sync = sync or (lambda: None)
     names = list(units)
     for _ in range(max(0, warmup)):
         for n in names:
             units[n]()
+    sync()
     out: dict[str, list[list[float]]] = {n: [] for n in names}
     for r in range(rounds):
         k = r % len(names)
@@ -306,8 +351,10 @@ def round_robin(
         for n in names[k:] + names[:k]:
             times = []
             for _ in range(reps[n] if isinstance(reps, dict) else reps):
+                sync()
                 t0 = time.perf_counter()
                 units[n]()
+                sync()
                 times.append(time.perf_counter() - t0)
             out[n].append(times)
     return out
@@ -333,19 +380,32 @@ def ratio_of_rounds(num: list[list[float]], den: list[list[float]]) -> float:
 
 
 # --------------------------------------------------------------------------------------- models
-def build(spec: ModelSpec, variant: str, num_classes: int = 10) -> nn.Module:
-    """A freshly initialised ViT of ``spec`` with the norm ``variant``."""
+def build(spec: ModelSpec, variant: str, num_classes: int = 10, impl: Optional[str] = None, device: str = "cpu") -> nn.Module:
+    """A freshly initialised ViT of ``spec`` with the norm ``variant`` on ``device``."""
     torch.manual_seed(0)
-    return build_model(spec.cfg, norm_cfg(variant), num_classes)
+    return build_model(spec.cfg, norm_cfg(variant, impl), num_classes).to(device)
 
 
-def _train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, foreach: bool = True) -> Callable[[], None]:
+def _autocast(device: str, precision: str) -> Any:
+    """``torch.autocast`` to bfloat16 for ``bf16-mixed``, a no-op context for ``32-true``."""
+    return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
+def _maybe_compile(model: nn.Module, compile: bool) -> Callable[..., Any]:
+    return torch.compile(model) if compile else model
+
+
+def _train_step_fn(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, foreach: bool = True, precision: str = "32-true", compile: bool = False
+) -> Callable[[], None]:
     model.train()
     # foreach as in training (optim.foreach, default true)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, foreach=foreach)
+    fwd = _maybe_compile(model, compile)
 
     def step() -> None:
-        loss = F.cross_entropy(model(x), y)
+        with _autocast(x.device.type, precision):
+            loss = F.cross_entropy(fwd(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -353,34 +413,61 @@ def _train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, foreach: 
     return step
 
 
-def _infer_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+def _infer_fn(model: nn.Module, x: torch.Tensor, precision: str = "32-true", compile: bool = False) -> Callable[[], None]:
     model.eval()
+    fwd_model = _maybe_compile(model, compile)
 
     def fwd() -> None:
-        with torch.inference_mode():
-            model(x)
+        with torch.inference_mode(), _autocast(x.device.type, precision):
+            fwd_model(x)
 
     return fwd
 
 
-def _batch(n: int, img: int, num_classes: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(n: int, img: int, num_classes: int, seed: int = 0, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, img, img, generator=g), torch.randint(0, num_classes, (n,), generator=g)
+    x, y = torch.randn(n, 3, img, img, generator=g), torch.randint(0, num_classes, (n,), generator=g)
+    return x.to(device), y.to(device)
+
+
+def _sync(device: str) -> Optional[Callable[[], None]]:
+    return torch.cuda.synchronize if device == "cuda" else None
+
+
+def measure_matmul(cfg: BenchConfig) -> dict[str, Any]:
+    """The machine's matmul rate in float32 and bfloat16 (GFLOP/s, 2 n^3 FLOPs per n x n x n
+    product), interleaved, median over rounds."""
+    n = cfg.matmul_n
+    units: dict[str, Callable[[], Any]] = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(n, n, device=cfg.device).to(dtype)
+        b = torch.randn(n, n, device=cfg.device).to(dtype)
+        units[name] = lambda a=a, b=b: torch.mm(a, b)
+    times = round_robin(units, cfg.matmul_rounds, 2, warmup=1, sync=_sync(cfg.device))
+    flop = 2.0 * n**3
+    return {
+        "n": n,
+        "gflops": {k: _med([flop / t for t in per_round_medians(v)]) / 1e9 for k, v in times.items()},
+        "convention": "2 FLOPs per multiply-add (2 n^3 per n x n x n product)",
+        "times": times,
+    }
 
 
 def flops_per_sample(model: nn.Module, img_size: int = 32) -> dict[str, Any]:
     """Forward FLOPs per sample (2 per multiply-add) with their source.
 
     fvcore through ``autonorm.eval.profile.count_flops`` when importable: its matrix-product
-    counts (1 per multiply-add) are doubled, element-wise/reduction counts kept. Otherwise the
-    estimate ``2 * params * tokens`` (the weight matmuls only; attention scores not counted).
+    counts are scaled to 2 FLOPs per multiply-add (:func:`matrix_scale`), element-wise/reduction
+    counts kept. Otherwise the estimate ``2 * params * tokens`` (the weight matmuls only;
+    attention scores not counted).
     """
     try:
         from autonorm.eval.profile import count_flops
 
         res = count_flops(model, img_size=img_size)
         by_op = res.get("by_operator", {})
-        flops = sum((2 if op.split("::")[-1] in MATRIX_OPS else 1) * int(v) for op, v in by_op.items())
+        scale = matrix_scale()
+        flops = sum((scale if op.split("::")[-1] in MATRIX_OPS else 1) * int(v) for op, v in by_op.items())
         if flops <= 0:
             raise ValueError("fvcore counted no FLOPs")
         return {"flops": float(flops), "source": "fvcore", "fvcore_total": int(res["total"])}
@@ -388,6 +475,24 @@ def flops_per_sample(model: nn.Module, img_size: int = 32) -> dict[str, Any]:
         params = sum(p.numel() for p in model.parameters())
         tokens = (img_size // _patch(model)) ** 2 + 1
         return {"flops": float(2 * params * tokens), "source": f"estimate 2*params*tokens ({type(exc).__name__}: {exc})"}
+
+
+_matrix_scale: list[float] = []
+
+
+def matrix_scale() -> float:
+    """Factor that brings ``count_flops``' matrix-product counts to 2 FLOPs per multiply-add,
+    found by counting a bias-free linear layer of known size (12 multiply-adds), so the figure
+    does not depend on the convention ``count_flops`` follows."""
+    if not _matrix_scale:
+        from autonorm.eval.profile import count_flops
+
+        probe = nn.Sequential(nn.Flatten(), nn.Linear(12, 1, bias=False))
+        counted = count_flops(probe, img_size=2)["total"]
+        if counted not in (12, 24):
+            raise ValueError(f"count_flops counted {counted} FLOPs for 12 multiply-adds")
+        _matrix_scale.append(24.0 / counted)
+    return _matrix_scale[0]
 
 
 def _patch(model: nn.Module) -> int:
@@ -416,20 +521,21 @@ def measure_training(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     Returns raw per-round times (``times``), medians, per-variant ratios to LN and the
     throughput-vs-matmul ratios.
     """
-    x, y = _batch(spec.train_batch, cfg.img_size, cfg.num_classes)
+    x, y = _batch(spec.train_batch, cfg.img_size, cfg.num_classes, device=cfg.device)
     units: dict[str, Callable[[], Any]] = {}
     flops: dict[str, dict[str, Any]] = {}
     foreach = bool(optim_cfg().get("foreach", True))
     for v in cfg.train_variants:
-        model = build(spec, v, cfg.num_classes)
+        model = build(spec, v, cfg.num_classes, cfg.impl, cfg.device)
         flops[v] = flops_per_sample(model, cfg.img_size)
-        units[v] = _train_step_fn(model, x, y, foreach)
+        units[v] = _train_step_fn(model, x, y, foreach, cfg.precision, cfg.compile)
     n = cfg.matmul_n
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    mm_dtype = torch.bfloat16 if cfg.precision == "bf16-mixed" else torch.float32
+    a, b = torch.randn(n, n, device=cfg.device).to(mm_dtype), torch.randn(n, n, device=cfg.device).to(mm_dtype)
     units["matmul"] = lambda: torch.mm(a, b)
     reps = {v: spec.steps_per_round for v in cfg.train_variants}
     reps["matmul"] = 2
-    times = round_robin(units, spec.rounds, reps, spec.warmup)
+    times = round_robin(units, spec.rounds, reps, spec.warmup, sync=_sync(cfg.device))
     mm_flop = 2.0 * n**3
     mm_rates = [mm_flop / t for t in per_round_medians(times["matmul"])]
     out: dict[str, Any] = {
@@ -440,6 +546,7 @@ def measure_training(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
         "median_step_s": {v: all_median(times[v]) for v in cfg.train_variants},
         "matmul_median_s": all_median(times["matmul"]),
         "matmul_gflops": _med(mm_rates) / 1e9,
+        "matmul_dtype": str(mm_dtype).replace("torch.", ""),
         "flops_per_sample": {v: flops[v]["flops"] for v in cfg.train_variants},
         "flops_source": {v: flops[v]["source"] for v in cfg.train_variants},
         "ratio_to_ln": {},
@@ -460,16 +567,16 @@ def measure_training(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
 def measure_inference(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     """Eval-mode forward times (inference_mode, batch ``cfg.infer_batch``) of every variant,
     plus the ``deploy()``-ed copies where the model has that method."""
-    x, _ = _batch(cfg.infer_batch, cfg.img_size, cfg.num_classes, seed=1)
+    x, _ = _batch(cfg.infer_batch, cfg.img_size, cfg.num_classes, seed=1, device=cfg.device)
     units: dict[str, Callable[[], Any]] = {}
     deploy = False
     for v in cfg.infer_variants:
-        model = build(spec, v, cfg.num_classes)
-        units[v] = _infer_fn(model, x)
+        model = build(spec, v, cfg.num_classes, cfg.impl, cfg.device)
+        units[v] = _infer_fn(model, x, cfg.precision, cfg.compile)
         if has_deploy(model):
             deploy = True
-            units[f"{v}+deploy"] = _infer_fn(deployed_copy(model), x)
-    times = round_robin(units, cfg.infer_rounds, cfg.infer_iters_per_round, cfg.infer_warmup)
+            units[f"{v}+deploy"] = _infer_fn(deployed_copy(model), x, cfg.precision, cfg.compile)
+    times = round_robin(units, cfg.infer_rounds, cfg.infer_iters_per_round, cfg.infer_warmup, sync=_sync(cfg.device))
     out: dict[str, Any] = {
         "batch": cfg.infer_batch,
         "deploy_available": deploy,
@@ -660,8 +767,10 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
             flush=True,
         )
     counters = _cpu_counters()
+    log(f"matmul rates on {cfg.device} (n={cfg.matmul_n}, float32 and bfloat16)")
+    matmul = measure_matmul(cfg)
     ratios: list[dict[str, Any]] = []
-    raw: dict[str, Any] = {"train": {}, "inference": {}}
+    raw: dict[str, Any] = {"train": {}, "inference": {}, "matmul": matmul}
     flops_sources: set[str] = set()
     deploy_seen = False
 
@@ -688,24 +797,26 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
                 ratios.append(make_ratio(f"inference/{spec.name}/{v}", inf["ratio_to_ln"][v], INFER_TARGET,
                                          note="deploy() not available"))  # fmt: skip
 
-    lt_spec = cfg.lightning_model or cfg.models[0]
-    log(f"lightning overhead: {lt_spec.name} ({cfg.lightning_rounds} rounds x {cfg.lightning_steps} steps)")
-    lt = measure_lightning(lt_spec, cfg)
-    raw["lightning"] = lt
-    ratios.append(make_ratio("lightning_overhead", lt["ratio"], LIGHTNING_TARGET, note=f"{lt_spec.name}, LN"))
+    if cfg.device == "cpu" and cfg.precision == "32-true" and not cfg.compile:
+        lt_spec = cfg.lightning_model or cfg.models[0]
+        log(f"lightning overhead: {lt_spec.name} ({cfg.lightning_rounds} rounds x {cfg.lightning_steps} steps)")
+        lt = measure_lightning(lt_spec, cfg)
+        raw["lightning"] = lt
+        ratios.append(make_ratio("lightning_overhead", lt["ratio"], LIGHTNING_TARGET, note=f"{lt_spec.name}, LN"))
 
-    dp_spec = cfg.data_model or cfg.models[0]
-    log(f"data path vs {dp_spec.name} training step")
-    dp = measure_data_path(dp_spec, cfg)
-    raw["data_path"] = dp
-    ratios.append(make_ratio("data_path", dp["ratio"], DATA_PATH_TARGET, op=">=", note=f"vs {dp_spec.name} training"))
+        dp_spec = cfg.data_model or cfg.models[0]
+        log(f"data path vs {dp_spec.name} training step")
+        dp = measure_data_path(dp_spec, cfg)
+        raw["data_path"] = dp
+        ratios.append(make_ratio("data_path", dp["ratio"], DATA_PATH_TARGET, op=">=", note=f"vs {dp_spec.name} training"))
 
     fv = all(s == "fvcore" for s in flops_sources)
     for spec in cfg.models:
         tr = raw["train"][spec.name]
         for v in cfg.train_variants:
+            note = ("fvcore FLOPs" if fv else "estimated FLOPs (2*params*tokens)") + f", vs {tr['matmul_dtype']} matmul"
             ratios.append(make_ratio(f"throughput_vs_matmul/{spec.name}/{v}", tr["throughput_vs_matmul"][v], MATMUL_TARGET,
-                                     op=">=", note="fvcore FLOPs" if fv else "estimated FLOPs (2*params*tokens)"))  # fmt: skip
+                                     op=">=", note=note))  # fmt: skip
 
     during = {"other_cpu_cores": _other_cores(counters, _cpu_counters()), "loadavg": loadavg()}
     during["busy"] = bool(during["other_cpu_cores"] is not None and during["other_cpu_cores"] >= BUSY_OTHER_CORES)
@@ -726,7 +837,11 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         "schema": 1,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "mode": cfg.mode,
-        "machine": machine_info(),
+        "device": cfg.device,
+        "precision": cfg.precision,
+        "compile": cfg.compile,
+        "impl": cfg.impl or "configs (conf/norm)",
+        "machine": {**machine_info(cfg.device), "matmul_gflops": matmul["gflops"], "matmul_n": matmul["n"]},
         "torch": torch.__version__,
         "lightning": pl_version,
         "threads": torch.get_num_threads(),
@@ -734,12 +849,15 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         "machine_busy": busy,
         "loadavg": before["loadavg"],
         "idle_check": {"before": before, "during": during, "busy_other_cores_threshold": BUSY_OTHER_CORES},
-        "flops_source": "fvcore (autonorm.eval.profile.count_flops, matrix products x2)"
+        "flops_source": "fvcore (autonorm.eval.profile.count_flops, matrix products at 2 FLOPs per multiply-add)"
         if fv
         else f"estimate 2*params*tokens: {sorted(flops_sources)}",
+        "flop_convention": "2 FLOPs per multiply-add (model FLOPs and matmul rates alike)",
         "deploy_available": deploy_seen,
         # which path impl=fused took: the C++ kernels (autonorm.norms.native) or the torch-op fallback
         "native_kernels": native_status(),
+        # what impl=auto chose in this run ({choice key: {"impl", "us"}}; autonorm.norms.select)
+        "auto_choices": auto_choices(),
         "ratios": {r["name"]: r for r in ratios},
         "all_pass": all(r["pass"] for r in ratios if not r["informational"]),
         "raw": raw,
@@ -752,7 +870,9 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
             "lightning_overhead": "start-to-start interval of consecutive training steps (callback on_train_batch_start "
             "vs plain loop after fetching), warm-up steps dropped, medians",
             "data_path": "BatchLoader full pass (shuffle, crop 4, flip, normalize) images/s over LN training images/s",
-            "throughput_vs_matmul": "3 x forward FLOPs x batch / step time over 2n^3 / matmul time (n x n fp32)",
+            "throughput_vs_matmul": "3 x forward FLOPs x batch / step time over 2n^3 / matmul time "
+            "(n x n, float32, or bfloat16 under bf16-mixed)",
+            "precision": "bf16-mixed: torch.autocast(bfloat16) around forward and loss; 32-true: float32",
         },
     }
     if out is not None:
@@ -765,7 +885,19 @@ def print_report(result: dict[str, Any]) -> None:
     """The RATIO lines, then a table (rich when installed, else plain text)."""
     ratios = list(result["ratios"].values())
     nk = result.get("native_kernels") or {}
-    print(f"norm.impl=fused ran {'the C++ kernels' if nk.get('available') else 'the torch-op fallback: ' + str(nk.get('error'))}")
+    m = result["machine"]
+    print(f"machine: {m['cpu_model']} ({' '.join(m.get('cpu_isa', [])) or 'no listed vector ISA flags'}), "
+          f"{m['cores']} cores, {result['threads']} threads" + (f", GPU {m['gpu']}" if m.get("gpu") else ""))  # fmt: skip
+    mm = m.get("matmul_gflops", {})
+    print(f"matmul on {result.get('device', 'cpu')} (n={m.get('matmul_n')}, 2 FLOPs per multiply-add): "
+          f"float32 {mm.get('fp32', float('nan')):.0f} GFLOP/s, bfloat16 {mm.get('bf16', float('nan')):.0f} GFLOP/s")  # fmt: skip
+    print(f"run: device {result.get('device', 'cpu')}, precision {result.get('precision')}, compile {result.get('compile')}, "
+          f"norm impl {result.get('impl')}")  # fmt: skip
+    print(f"C++ kernels: {'available' if nk.get('available') else 'not used: ' + str(nk.get('error'))}")
+    chosen = result.get("auto_choices") or {}
+    if chosen:
+        picks = sorted({f"{k.split('|')[0]}/{k.split('|')[3]}: {v['impl']}" for k, v in chosen.items()})
+        print("impl=auto chose: " + ", ".join(picks))
     for r in ratios:
         print(format_ratio_line(r), flush=True)
     rows = [
@@ -773,8 +905,7 @@ def print_report(result: dict[str, Any]) -> None:
          "info" if r["informational"] else ("PASS" if r["pass"] else "FAIL"), r["note"])
         for r in ratios
     ]  # fmt: skip
-    m = result["machine"]
-    title = (f"AutoNorm benchmark ({result['mode']}) on {m['cpu_model']}, {m['cores']} cores, "
+    title = (f"AutoNorm benchmark ({result['mode']}) on {m.get('gpu') or m['cpu_model']}, {m['cores']} cores, "
              f"{result['threads']} threads, torch {result['torch']}"
              + (" [MACHINE BUSY: unreliable]" if result["machine_busy"] else ""))  # fmt: skip
     try:
@@ -795,28 +926,38 @@ def print_report(result: dict[str, Any]) -> None:
     raw = result["raw"]
     for name, tr in raw["train"].items():
         steps = ", ".join(f"{v} {t * 1000:.1f}" for v, t in tr["median_step_s"].items())
-        print(f"{name} train step ms (batch {tr['batch']}): {steps}; matmul {tr['matmul_gflops']:.1f} GFLOP/s")
+        print(f"{name} train step ms (batch {tr['batch']}): {steps}; interleaved {tr.get('matmul_dtype', 'float32')} matmul "
+              f"{tr['matmul_gflops']:.1f} GFLOP/s")  # fmt: skip
     for name, inf in raw["inference"].items():
         fw = ", ".join(f"{v} {t * 1000:.1f}" for v, t in inf["median_forward_s"].items())
         print(f"{name} inference ms (batch {inf['batch']}): {fw}")
-    lt, dp = raw["lightning"], raw["data_path"]
-    print(f"lightning step ms: {lt['median_step_s']['lightning'] * 1000:.1f} vs plain {lt['median_step_s']['plain'] * 1000:.1f}")
-    print(f"data path: loader {dp['loader_images_per_s']:.0f} img/s vs training {dp['train_images_per_s']:.0f} img/s")
+    if "lightning" in raw:
+        lt, dp = raw["lightning"], raw["data_path"]
+        print(f"lightning step ms: {lt['median_step_s']['lightning'] * 1000:.1f} vs plain {lt['median_step_s']['plain'] * 1000:.1f}")
+        print(f"data path: loader {dp['loader_images_per_s']:.0f} img/s vs training {dp['train_images_per_s']:.0f} img/s")
     if "out" in result:
         print(f"wrote {result['out']}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """CLI entry point; returns the exit code (0 even when targets are missed)."""
-    parser = argparse.ArgumentParser(description="AutoNorm performance benchmark (CPU, fp32, eager, interleaved).")
+    parser = argparse.ArgumentParser(description="AutoNorm performance benchmark (interleaved; CPU float32 eager modules by default).")
     parser.add_argument("--quick", action="store_true", help="vit_micro only, fewer repetitions (< 2 min on 2 cores)")
     parser.add_argument("--out", default=str(DEFAULT_OUT), help=f"JSON output (default {DEFAULT_OUT.relative_to(REPO)})")
     parser.add_argument("--models", default=None, help="comma-separated conf/model names (default vit_micro,vit_tiny)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where to run (cuda: the first GPU)")
+    parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS), help="bf16-mixed: torch.autocast to bfloat16")
+    parser.add_argument("--compile", action="store_true", help="wrap every model in torch.compile (compiled during warm-up)")
+    parser.add_argument("--impl", default=None, choices=["auto", "fused", "eager", "compiled"], help="force one norm implementation")
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("bench: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
+        return 2
 
     torch.set_num_threads(usable_cores())
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     cfg = default_config(quick=args.quick, models=models)
+    cfg.device, cfg.precision, cfg.compile, cfg.impl = args.device, args.precision, args.compile, args.impl
     result = run_benchmark(cfg, Path(args.out))
     print_report(result)
     return 0

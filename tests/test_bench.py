@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RATIO_RE = re.compile(r"^RATIO (\S+) (\d+\.\d{3}) \(target (<=|>=) (\d+\.\d{2})\)$")
@@ -68,8 +69,17 @@ def test_tiny_benchmark_json_and_ratio_lines(bench, tmp_path, capsys):
     assert data["ratios"]["data_path"]["op"] == ">="
     assert data["ratios"]["lightning_overhead"]["target"] == pytest.approx(1.03)
 
-    for key in ("machine", "torch", "threads", "date", "machine_busy", "loadavg", "raw", "flops_source", "native_kernels"):
+    for key in ("machine", "torch", "threads", "date", "machine_busy", "loadavg", "raw", "flops_source", "native_kernels",
+                "flop_convention", "auto_choices", "precision", "device"):  # fmt: skip
         assert key in data
+    # the machine is recorded: CPU model and flags, matmul rates in both precisions
+    assert data["machine"]["cpu_flags"] and isinstance(data["machine"]["cpu_isa"], list)
+    assert set(data["machine"]["matmul_gflops"]) == {"fp32", "bf16"}
+    assert all(v > 0 for v in data["machine"]["matmul_gflops"].values())
+    assert "2 FLOPs per multiply-add" in data["flop_convention"]
+    # impl=auto (the configs' default) chose a path for every norm op it met, recorded in the JSON
+    ops = {k.split("|")[0] for k in data["auto_choices"]}
+    assert {"dyt", "blend"} <= ops, data["auto_choices"]
     from autonorm.norms import native
 
     if native.enabled():  # the figures are those of the C++ kernels, not of the fallback
@@ -83,7 +93,8 @@ def test_tiny_benchmark_json_and_ratio_lines(bench, tmp_path, capsys):
     capsys.readouterr()
     bench.print_report(result)
     printed = capsys.readouterr().out
-    assert "norm.impl=fused ran the " in printed
+    assert "C++ kernels: " in printed and "impl=auto chose: " in printed
+    assert re.search(r"^matmul on cpu .*float32 \d+ GFLOP/s, bfloat16 \d+ GFLOP/s$", printed, re.M), printed
     lines = [ln for ln in printed.splitlines() if ln.startswith("RATIO")]
     assert len(lines) == len(data["ratios"])
     for ln in lines:
@@ -109,3 +120,27 @@ def test_round_robin_and_idle_check(bench):
     idle = bench.check_idle(0.05)
     assert set(idle) >= {"other_cpu_cores", "loadavg", "busy", "cores"}
     assert isinstance(idle["busy"], bool)
+
+
+def test_bf16_mixed_training_step_and_matmul_reference(bench):
+    """``--precision bf16-mixed``: the step runs under autocast and throughput is compared with a
+    bfloat16 matmul."""
+    cfg = _tiny_config(bench)
+    cfg.precision = "bf16-mixed"
+    cfg.train_variants = ("ln", "autonorm_soft")
+    tr = bench.measure_training(cfg.models[0], cfg)
+    assert tr["matmul_dtype"] == "bfloat16"
+    assert tr["ratio_to_ln"]["autonorm_soft"] > 0 and tr["throughput_vs_matmul"]["autonorm_soft"] > 0
+    model = bench.build(cfg.models[0], "autonorm_soft", 10)
+    x, _ = bench._batch(4, 32, 10)
+    with bench._autocast("cpu", "bf16-mixed"):
+        assert model(x).dtype == torch.bfloat16
+
+
+def test_flops_follow_two_per_multiply_add(bench):
+    """Whatever convention count_flops reports, the benchmark's matrix FLOPs are 2 per
+    multiply-add: a single linear layer of known size."""
+    from torch import nn
+
+    layer = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5, bias=False))
+    assert bench.flops_per_sample(layer, img_size=4)["flops"] == 2 * 48 * 5

@@ -572,7 +572,9 @@ def measure_inference(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     deploy = False
     for v in cfg.infer_variants:
         model = build(spec, v, cfg.num_classes, cfg.impl, cfg.device)
-        units[v] = _infer_fn(model, x, cfg.precision, cfg.compile)
+        if v == "ln" or not (cfg.compile and has_deploy(model)):
+            # with --compile only the deployed copies are timed (each model costs a compilation)
+            units[v] = _infer_fn(model, x, cfg.precision, cfg.compile)
         if has_deploy(model):
             deploy = True
             units[f"{v}+deploy"] = _infer_fn(deployed_copy(model), x, cfg.precision, cfg.compile)
@@ -789,8 +791,9 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
             if v == "ln":
                 continue
             if inf["deploy_available"]:
-                ratios.append(make_ratio(f"inference/{spec.name}/{v}", inf["ratio_to_ln"][v], INFER_TARGET,
-                                         note="undeployed (informational)", informational=True))  # fmt: skip
+                if v in inf["ratio_to_ln"]:
+                    ratios.append(make_ratio(f"inference/{spec.name}/{v}", inf["ratio_to_ln"][v], INFER_TARGET,
+                                             note="undeployed (informational)", informational=True))  # fmt: skip
                 ratios.append(make_ratio(f"inference_deployed/{spec.name}/{v}", inf["ratio_to_ln"][f"{v}+deploy"],
                                          INFER_TARGET, note="deploy()"))  # fmt: skip
             else:
@@ -949,6 +952,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS), help="bf16-mixed: torch.autocast to bfloat16")
     parser.add_argument("--compile", action="store_true", help="wrap every model in torch.compile (compiled during warm-up)")
     parser.add_argument("--impl", default=None, choices=["auto", "fused", "eager", "compiled"], help="force one norm implementation")
+    parser.add_argument("--variants", default=None, help=f"comma-separated norm variants (default all: {','.join(TRAIN_VARIANTS)}; ln is always run)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
@@ -958,6 +962,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     cfg = default_config(quick=args.quick, models=models)
     cfg.device, cfg.precision, cfg.compile, cfg.impl = args.device, args.precision, args.compile, args.impl
+    if args.variants:
+        wanted = {"ln", *(v.strip() for v in args.variants.split(",") if v.strip())}
+        unknown = wanted - set(VARIANTS)
+        if unknown:
+            print(f"bench: unknown --variants {sorted(unknown)}; known: {sorted(VARIANTS)}", file=sys.stderr)
+            return 2
+        cfg.train_variants = tuple(v for v in TRAIN_VARIANTS if v in wanted)
+        cfg.infer_variants = tuple(v for v in INFER_VARIANTS if v in wanted)
     result = run_benchmark(cfg, Path(args.out))
     print_report(result)
     return 0

@@ -1,7 +1,7 @@
 """Normalization layers for Vision Transformers: LayerNorm, DyT, AutoNorm (gated LN/DyT), AFN.
 
 Every layer maps tokens (B, N, C) to the same shape; build one with ``NORMS[name](dim, **kw)``.
-DyT, AutoNorm and AFN take ``impl="eager"|"fused"|"compiled"`` (:mod:`.fused`); ``deploy_model``
+DyT, AutoNorm and AFN take ``impl="auto"|"eager"|"fused"|"compiled"`` (:mod:`.fused`); ``deploy_model``
 (:mod:`.deploy`) turns a model into its fastest exact inference form.
 This package imports torch only.
 """

@@ -413,7 +413,7 @@ def timed_call(fn: Callable[..., Any], args: tuple[Any, ...], train: bool) -> Ca
         y = y[0] if isinstance(y, tuple) else y
         if not grad:
             grad.append(torch.ones_like(y))
-        torch.autograd.grad(y, leaves, grad[0])
+        torch.autograd.grad(y, leaves, grad[0], allow_unused=True)
 
     return step
 

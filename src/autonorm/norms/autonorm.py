@@ -6,7 +6,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import native
 from .dyt import DyT
 from .fused import blend_auto, blend_fused, blend_reference, call_compiled, check_impl, token_mean
 from .gates import GumbelGate, SoftGate
@@ -18,7 +17,8 @@ GATES: tuple[str, ...] = ("soft", "gumbel")
 def token_summary(x: torch.Tensor, impl: str = "eager") -> torch.Tensor:
     """The gate's input ``h = x.mean(dim=1)`` (B, C) for tokens ``x`` (B, N, C); with
     ``impl="fused"`` on float32 CPU input, the C++ kernel (whose backward adds ``dh / N`` into the
-    input gradient without materialising it first). Deployed copies call this same function, so
+    input gradient without materialising it first), with ``impl="auto"`` where it was measured
+    faster (:func:`~autonorm.norms.fused.token_mean`). Deployed copies call this same function, so
     their gate decisions are bit-identical."""
     return token_mean(x, impl)
 FREEZE_BRANCHES: tuple[Optional[str], ...] = (None, "ln", "dyt")

@@ -489,3 +489,18 @@ def test_build_is_keyed_by_content_not_path(lib, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(cpp_extension, "load", lambda **kw: pytest.fail("rebuilt an existing library"))
     monkeypatch.setenv("AUTONORM_KERNEL_DIR", str(build_dir.parent))
     assert native._build() is not None
+
+
+def test_auto_adopts_the_choice_another_process_wrote_first(auto_cache, monkeypatch) -> None:
+    """Two processes measuring one key side by side end up on the same path: the entry written
+    first wins (so runs started together take the same paths and give the same bits)."""
+    x = torch.randn(4, 5, 16)
+
+    def measure_while_another_process_writes(names, make):
+        select._write(auto_cache, {select.choice_key("dyt", x, False, names): {"impl": "torch", "us": {}}})
+        return "kernel", {"kernel": 1.0, "torch": 2.0}
+
+    monkeypatch.setattr(select, "_measure", measure_while_another_process_writes)
+    names = ("kernel", "torch", "eager")
+    assert select.choose("dyt", x, False, names, lambda n: (lambda: None)) == "torch"
+    assert json.loads(auto_cache.read_text())["choices"][select.choice_key("dyt", x, False, names)]["impl"] == "torch"

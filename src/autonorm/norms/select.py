@@ -19,8 +19,10 @@ builds, :func:`autonorm.norms.native.kernel_dir`), where ``<machine>`` hashes th
 instruction-set flags and the torch version. The file is only a cache: an unreadable or
 malformed file is ignored (one warning) and rewritten; it is written atomically (a temporary file
 renamed over it, entries of other processes merged in under a lock file held at most
-``LOCK_WAIT_S``), so concurrent processes never read a torn file and at worst time the same key
-twice; a choice never waits on another process for longer than that.
+``LOCK_WAIT_S``), so concurrent processes never read a torn file; a choice never waits on another
+process for longer than that. Processes that measure the same key at the same time all use the
+entry written first, so runs started side by side on one machine take the same paths (and give
+bit-identical results where they would without ``auto``).
 
 Under :func:`torch.compile` tracing nothing is measured: the callers use the eager formula,
 which the compiler fuses. A candidate that raises while being measured is dropped.
@@ -133,10 +135,12 @@ def _read(path: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def _write(path: Path, entries: dict[str, dict[str, Any]]) -> None:
-    """Merge ``entries`` into ``path`` and replace it atomically; a failure only warns. Writers
-    take turns on a lock file for at most ``LOCK_WAIT_S`` (then write anyway: the worst case
-    is an entry lost, measured again by a later process)."""
+def _write(path: Path, entries: dict[str, dict[str, Any]], keep_existing: bool = False) -> dict[str, dict[str, Any]]:
+    """Merge ``entries`` into ``path`` and replace it atomically; return the merged entries. With
+    ``keep_existing`` an entry already in the file wins over the new one (the first measurement
+    of a key written on a machine is the one every process uses). Writers take turns on a lock
+    file for at most ``LOCK_WAIT_S`` (then write anyway: the worst case is an entry lost,
+    measured again later). A failure only warns."""
     from filelock import FileLock, Timeout
 
     try:
@@ -147,16 +151,20 @@ def _write(path: Path, entries: dict[str, dict[str, Any]]) -> None:
         except Timeout:
             pass
         try:
-            _replace(path, entries)
+            stored = _read(path)
+            merged = {**entries, **stored} if keep_existing else {**stored, **entries}
+            if merged != stored:
+                _replace(path, merged)
+            return merged
         finally:
             if lock.is_locked:
                 lock.release()
     except OSError as exc:
         _warn_once(f"cannot write {path} ({exc}); the choice holds for this process only")
+        return dict(entries)
 
 
-def _replace(path: Path, entries: dict[str, dict[str, Any]]) -> None:
-    merged = {**_read(path), **entries}
+def _replace(path: Path, merged: dict[str, dict[str, Any]]) -> None:
     body = {"schema": SCHEMA, "machine": _cpu_description().split("|", 2)[1], "torch": torch.__version__, "choices": merged}
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
     try:
@@ -232,6 +240,8 @@ def choose(op: str, x: torch.Tensor, train: bool, names: Sequence[str], make: Ca
             return names[0]
         _load()
         key = choice_key(op, x, train, names)
+        if key not in _choices:  # written by another process since this one read the file?
+            _choices.update({k: v for k, v in _read(cache_path()).items() if k not in _choices})
         entry = _choices.get(key)
         name = entry.get("impl") if entry else None
         if name not in names:
@@ -242,8 +252,13 @@ def choose(op: str, x: torch.Tensor, train: bool, names: Sequence[str], make: Ca
                 _state["measuring"] = False
             if name is None:
                 return names[0]
-            _choices[key] = {"impl": name, "us": {k: round(v, 2) for k, v in micros.items()}}
-            _write(cache_path(), {key: _choices[key]})
+            entry = {"impl": name, "us": {k: round(v, 2) for k, v in micros.items()}}
+            # another process may have measured this key meanwhile: its entry, written first, wins
+            entry = _write(cache_path(), {key: entry}, keep_existing=True).get(key, entry)
+            if entry.get("impl") not in names:
+                entry = {"impl": name, "us": {k: round(v, 2) for k, v in micros.items()}}
+            _choices[key] = entry
+            name = entry["impl"]
         if len(_fast) > 4096:
             _fast.clear()
         _fast[fast_key] = name

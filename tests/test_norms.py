@@ -74,7 +74,7 @@ def test_shape_and_gradient_flow(name: str) -> None:
 
 
 def test_norms_registry() -> None:
-    assert set(NORMS) == {"ln", "dyt", "autonorm", "afn"}
+    assert {"ln", "dyt", "autonorm", "afn"} <= set(NORMS)
     for cls in NORMS.values():
         assert cls(C)(_x()).shape == (B, N, C)
 

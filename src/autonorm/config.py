@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from autonorm.errors import AutoNormError
+from autonorm.norms import get_norm, norm_names
 
 
 class ConfigError(AutoNormError, ValueError):
@@ -78,7 +79,7 @@ class OptimSchema:
 
 def _check_norm(norm: DictConfig) -> None:
     name = norm.get("name")
-    _check(name in ("ln", "dyt", "autonorm", "afn"), "norm.name", "must be one of ln, dyt, autonorm, afn", name)
+    _check(name in norm_names(), "norm.name", f"must be one of {', '.join(norm_names())}", name)
     if "alpha_init" in norm:
         _check(_num(norm.alpha_init, "norm.alpha_init", float) > 0, "norm.alpha_init", "must be > 0", norm.alpha_init)
     if "freeze_branch" in norm:
@@ -154,9 +155,7 @@ def method_name(cfg: DictConfig) -> str:
     """The row name in the baseline table: ``cfg.method`` or one derived from the config."""
     if cfg.get("method"):
         return str(cfg.method)
-    parts = [{"ln": "LN", "dyt": "DyT", "autonorm": "AutoNorm", "afn": "AFN"}[cfg.norm.name]]
-    if cfg.norm.name == "autonorm":
-        parts.append(cfg.gate.kind)
+    parts = [get_norm(cfg.norm.name).display_name(OmegaConf.to_container(cfg.norm, resolve=True))]  # type: ignore[arg-type]
     mode = (cfg.get("transfer") or {}).get("mode", "none")
     if mode != "none":
         parts.append(mode.capitalize())

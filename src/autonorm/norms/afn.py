@@ -10,6 +10,7 @@ from torch import nn
 
 from . import native
 from .fused import call_compiled, check_impl
+from .registry import register_norm
 
 
 def _encoder_decoder(dim: int, hidden: int) -> nn.Sequential:
@@ -21,6 +22,7 @@ def _logit_param(value: float) -> nn.Parameter:
     return nn.Parameter(torch.tensor(float(value)))
 
 
+@register_norm("afn", display="AFN", logs={k: k for k in ("lambda_mu", "lambda_sigma", "lambda_gamma", "lambda_beta")})
 class AFN(nn.Module):
     r"""Adaptive Fusion Normalization (Zhou, Zhang, Wang, Chen, 2023, "AFN: Adaptive Fusion
     Normalization via an Encoder-Decoder Framework", arXiv:2308.03321), which fuses BatchNorm with

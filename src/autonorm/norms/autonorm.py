@@ -11,6 +11,7 @@ from .dyt import DyT
 from .fused import blend_fused, blend_reference, call_compiled, check_impl
 from .gates import GumbelGate, SoftGate
 from .ln import LayerNorm
+from .registry import register_norm
 
 GATES: tuple[str, ...] = ("soft", "gumbel")
 
@@ -26,6 +27,7 @@ def token_summary(x: torch.Tensor, impl: str = "eager") -> torch.Tensor:
 FREEZE_BRANCHES: tuple[Optional[str], ...] = (None, "ln", "dyt")
 
 
+@register_norm("autonorm", display=lambda cfg: f"AutoNorm-{cfg.get('gate', 'soft')}", logs={"gate": "last_gate", "alpha": "dyt.alpha"})
 class AutoNorm(nn.Module):
     """Adaptive normalization that lets each sample choose between LayerNorm and DyT.
 

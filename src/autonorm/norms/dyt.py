@@ -5,8 +5,10 @@ import torch
 from torch import nn
 
 from .fused import call_compiled, check_impl, dyt_fused, dyt_reference
+from .registry import register_norm
 
 
+@register_norm("dyt", display="DyT", logs={"alpha": "alpha"})
 class DyT(nn.Module):
     """Dynamic Tanh from Zhu, Chen, He, LeCun, Liu (2025), "Transformers without Normalization".
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .registry import register_norm
 
+
+@register_norm("ln", display="LN")
 class LayerNorm(nn.LayerNorm):
     """LayerNorm (Ba, Kiros, Hinton, 2016) over the last dimension of ``x`` (B, N, C).
 

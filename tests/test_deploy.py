@@ -366,4 +366,4 @@ def test_impl_argument_validation_and_registry() -> None:
             NORMS[name](C, impl="cuda")
     assert AutoNorm(C, impl="fused").dyt.impl == "fused"
     assert "impl='fused'" in repr(DyT(C, impl="fused"))
-    assert "impl" not in repr(DyT(C))
+    assert "impl" not in repr(DyT(C, impl="eager"))

@@ -10,6 +10,7 @@ from . import native
 from .dyt import DyT
 from .fused import blend_fused, blend_reference, call_compiled, check_impl
 from .gates import GumbelGate, SoftGate
+from .layer_args import place
 from .ln import LayerNorm
 from .registry import register_norm
 
@@ -24,6 +25,14 @@ def token_summary(x: torch.Tensor, impl: str = "eager") -> torch.Tensor:
     if impl == "fused" and native.usable(x) is not None:
         return native.token_mean(x)
     return x.mean(dim=1)
+
+
+def as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, ..., C) as tokens (B, N, C): (B, C) is one token per sample, channels-last
+    (B, H, W, C) has H * W tokens; a view where possible."""
+    if x.dim() < 2:
+        raise ValueError(f"AutoNorm expects (B, C), (B, N, C) or (B, H, W, C) input, got shape {tuple(x.shape)}")
+    return x if x.dim() == 3 else x.reshape(x.shape[0], -1, x.shape[-1])
 FREEZE_BRANCHES: tuple[Optional[str], ...] = (None, "ln", "dyt")
 
 
@@ -67,11 +76,16 @@ class AutoNorm(nn.Module):
     evaluated once, and the blend is a single fused ``torch.lerp``.
 
     ``impl`` selects how the blend is computed (the gate is always plain PyTorch; see
-    :mod:`autonorm.norms.fused`): ``"eager"`` (the reference above), ``"fused"`` (one custom
+    :mod:`autonorm.norms.fused`): ``"eager"`` (the reference above), ``"fused"`` (the default, as
+    in ``conf/norm``: one custom
     autograd Function for ``a LN(x) + (1-a) DyT(x)`` with an analytic backward, equal up to float
     rounding) or ``"compiled"`` (``torch.compile`` of the eager blend, lazily, eager fallback on
     failure). The inner ``.dyt`` uses the same ``impl``. For inference, see
     :func:`autonorm.norms.deploy.deploy_model` (per-sample dispatch for hard gates).
+
+    A drop-in norm layer: (B, C) input is one token per sample, channels-last (B, H, W, C) input
+    has H * W tokens; ``eps`` is the LayerNorm branch's, ``elementwise_affine`` / ``bias`` apply
+    to both branches, ``device`` / ``dtype`` to every parameter.
     """
 
     last_gate: Optional[torch.Tensor]
@@ -85,7 +99,11 @@ class AutoNorm(nn.Module):
         gate_hidden: int = 0,
         freeze_branch: Optional[str] = None,
         eps: float = 1e-6,
-        impl: str = "eager",
+        impl: str = "fused",
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device: Optional[torch.device | str] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         if int(dim) <= 0:
@@ -102,8 +120,8 @@ class AutoNorm(nn.Module):
         self.dim = int(dim)
         self.gate_type = gate
         self.freeze_branch = freeze_branch
-        self.ln = LayerNorm(self.dim, eps=eps)
-        self.dyt = DyT(self.dim, alpha_init=alpha_init, impl=self.impl)
+        self.ln = LayerNorm(self.dim, eps=eps, elementwise_affine=elementwise_affine, bias=bias)
+        self.dyt = DyT(self.dim, alpha_init=alpha_init, impl=self.impl, elementwise_affine=elementwise_affine, bias=bias)
         self.gate: nn.Module = (
             SoftGate(self.dim, hidden=int(gate_hidden))
             if gate == "soft"
@@ -115,6 +133,7 @@ class AutoNorm(nn.Module):
                 p.requires_grad_(False)
         self.last_gate = None
         self._gate_override: Optional[float] = None
+        place(self, device, dtype)
 
     @property
     def gate_override(self) -> Optional[float]:
@@ -133,12 +152,13 @@ class AutoNorm(nn.Module):
         """The mixing weight ``a`` (B,) for input ``x`` (B, N, C), honouring ``gate_override``."""
         if self._gate_override is not None:
             return x.new_full((x.shape[0],), self._gate_override)
-        return self.gate(token_summary(x, self.impl))
+        return self.gate(token_summary(as_tokens(x), self.impl))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, N, C) -> ``a * LN(x) + (1 - a) * DyT(x)`` of the same shape."""
+        """``x`` (B, N, C) -> ``a * LN(x) + (1 - a) * DyT(x)`` of the same shape; (B, C) and
+        channels-last (B, H, W, C) input are read as tokens (:func:`as_tokens`)."""
         if x.dim() != 3:
-            raise ValueError(f"AutoNorm expects tokens of shape (B, N, C), got shape {tuple(x.shape)}")
+            return self.forward(as_tokens(x)).reshape(x.shape)
         a = self.gate_values(x)
         self.last_gate = a.detach()
         if self._gate_override == 1.0:

@@ -43,7 +43,7 @@ from torch import nn
 
 from . import native
 from .afn import AFN, affine_output
-from .autonorm import AutoNorm, token_summary
+from .autonorm import AutoNorm, as_tokens, token_summary
 from .dyt import DyT
 from .fused import blend_fused, dyt_fused
 from .gates import GumbelGate
@@ -109,7 +109,7 @@ class _DeployedAutoNormBase(nn.Module):
         self.last_gate = None
 
     def _summary(self, x: torch.Tensor) -> torch.Tensor:
-        return token_summary(x, self.impl)  # the same function as AutoNorm.gate_values: the same bits
+        return token_summary(as_tokens(x), self.impl)  # the same function as AutoNorm.gate_values: the same bits
 
 
 class DeployedBlend(_DeployedAutoNormBase):
@@ -128,7 +128,9 @@ class DeployedBlend(_DeployedAutoNormBase):
         self.dyt_bias = dyt.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, N, C) -> ``a LN(x) + (1 - a) DyT(x)``."""
+        """``x`` (B, N, C) -> ``a LN(x) + (1 - a) DyT(x)`` (other shapes as AutoNorm reads them)."""
+        if x.dim() != 3:
+            return self.forward(as_tokens(x)).reshape(x.shape)
         if self.constant is not None:
             a = x.new_full((x.shape[0],), self.constant)
         else:
@@ -165,7 +167,9 @@ class DeployedDispatch(_DeployedAutoNormBase):
         return logits[:, 0] >= logits[:, 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, N, C) -> LN(x_b) or DyT(x_b) per sample ``b``."""
+        """``x`` (B, N, C) -> LN(x_b) or DyT(x_b) per sample ``b`` (other shapes as AutoNorm reads them)."""
+        if x.dim() != 3:
+            return self.forward(as_tokens(x)).reshape(x.shape)
         choose_ln = self.decisions(x)
         self.last_gate = choose_ln.to(x.dtype)
         no_grad = not (torch.is_grad_enabled() and x.requires_grad)

@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from autonorm.errors import AutoNormError
 from autonorm.norms import get_norm, norm_names
+from autonorm.norms.autonorm import SQUASHES
 
 
 class ConfigError(AutoNormError, ValueError):
@@ -88,6 +89,8 @@ def _check_norm(norm: DictConfig) -> None:
         if key in norm:
             v = _num(norm[key], f"norm.{key}", float)
             _check(-20 <= v <= 20, f"norm.{key}", "is a pre-sigmoid logit and must be in [-20, 20]", v)
+    if "squash" in norm:
+        _check(norm.squash in SQUASHES, "norm.squash", f"must be one of {', '.join(SQUASHES)}", norm.squash)
     if "impl" in norm:
         _check(norm.impl in ("eager", "compiled", "fused"), "norm.impl", "must be one of eager, compiled, fused", norm.impl)
 

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from . import native
+from .derf import Derf
 from .dyt import DyT
 from .fused import blend_fused, blend_reference, call_compiled, check_impl
 from .gates import GumbelGate, SoftGate
@@ -15,6 +16,14 @@ from .ln import LayerNorm
 from .registry import register_norm
 
 GATES: tuple[str, ...] = ("soft", "gumbel")
+#: the squashing branch: DyT's tanh or Derf's erf
+SQUASHES: tuple[str, ...] = ("tanh", "erf")
+
+
+def _display(cfg: dict) -> str:
+    """``AutoNorm-<gate>``, ``-erf`` appended when the squashing branch is Derf."""
+    erf = "-erf" if cfg.get("squash", "tanh") == "erf" else ""
+    return f"AutoNorm-{cfg.get('gate', 'soft')}{erf}"
 
 
 def token_summary(x: torch.Tensor, impl: str = "eager") -> torch.Tensor:
@@ -36,7 +45,7 @@ def as_tokens(x: torch.Tensor) -> torch.Tensor:
 FREEZE_BRANCHES: tuple[Optional[str], ...] = (None, "ln", "dyt")
 
 
-@register_norm("autonorm", display=lambda cfg: f"AutoNorm-{cfg.get('gate', 'soft')}", logs={"gate": "last_gate", "alpha": "dyt.alpha"})
+@register_norm("autonorm", display=_display, logs={"gate": "last_gate", "alpha": "dyt.alpha", "shift": "dyt.shift"})
 class AutoNorm(nn.Module):
     """Adaptive normalization that lets each sample choose between LayerNorm and DyT.
 
@@ -83,6 +92,12 @@ class AutoNorm(nn.Module):
     failure). The inner ``.dyt`` uses the same ``impl``. For inference, see
     :func:`autonorm.norms.deploy.deploy_model` (per-sample dispatch for hard gates).
 
+    ``squash="erf"`` replaces the DyT branch by Derf, ``weight * erf(alpha * x + shift) + bias``
+    (Chen et al., 2025, "Stronger Normalization-Free Transformers"), kept under the same
+    attribute ``.dyt`` (so ``freeze_branch="dyt"``, ``gate_override=0.0`` and the logged
+    ``alpha`` mean the squashing branch either way); the blend then runs eagerly whatever ``impl``
+    (the fused kernels compute tanh) and :func:`~autonorm.norms.deploy.deploy_model` keeps it as is.
+
     A drop-in norm layer: (B, C) input is one token per sample, channels-last (B, H, W, C) input
     has H * W tokens; ``eps`` is the LayerNorm branch's, ``elementwise_affine`` / ``bias`` apply
     to both branches, ``device`` / ``dtype`` to every parameter.
@@ -100,6 +115,7 @@ class AutoNorm(nn.Module):
         freeze_branch: Optional[str] = None,
         eps: float = 1e-6,
         impl: str = "fused",
+        squash: str = "tanh",
         elementwise_affine: bool = True,
         bias: bool = True,
         device: Optional[torch.device | str] = None,
@@ -116,12 +132,19 @@ class AutoNorm(nn.Module):
             )
         if int(gate_hidden) < 0:
             raise ValueError(f"gate_hidden must be >= 0, got gate_hidden={gate_hidden!r}")
+        if squash not in SQUASHES:
+            raise ValueError(f"squash must be one of {list(SQUASHES)}, got squash={squash!r}")
+        self.squash = squash
         self.impl = check_impl(impl)
         self.dim = int(dim)
         self.gate_type = gate
         self.freeze_branch = freeze_branch
         self.ln = LayerNorm(self.dim, eps=eps, elementwise_affine=elementwise_affine, bias=bias)
-        self.dyt = DyT(self.dim, alpha_init=alpha_init, impl=self.impl, elementwise_affine=elementwise_affine, bias=bias)
+        self.dyt: nn.Module = (
+            DyT(self.dim, alpha_init=alpha_init, impl=self.impl, elementwise_affine=elementwise_affine, bias=bias)
+            if squash == "tanh"
+            else Derf(self.dim, alpha_init=alpha_init, elementwise_affine=elementwise_affine, bias=bias)
+        )
         self.gate: nn.Module = (
             SoftGate(self.dim, hidden=int(gate_hidden))
             if gate == "soft"
@@ -165,7 +188,7 @@ class AutoNorm(nn.Module):
             return self.ln(x)
         if self._gate_override == 0.0:
             return self.dyt(x)
-        if self.impl != "eager":
+        if self.impl != "eager" and self.squash == "tanh":  # the fast paths compute tanh; erf runs eager
             args = (x, a, self.ln.weight, self.ln.bias, self.ln.eps, self.dyt.alpha, self.dyt.weight, self.dyt.bias)
             if self.impl == "fused":
                 return blend_fused(*args)
@@ -178,4 +201,5 @@ class AutoNorm(nn.Module):
 
     def extra_repr(self) -> str:
         impl = "" if self.impl == "eager" else f", impl={self.impl!r}"
-        return f"{self.dim}, gate={self.gate_type!r}, freeze_branch={self.freeze_branch!r}{impl}"
+        squash = "" if self.squash == "tanh" else f", squash={self.squash!r}"
+        return f"{self.dim}, gate={self.gate_type!r}, freeze_branch={self.freeze_branch!r}{squash}{impl}"

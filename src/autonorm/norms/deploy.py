@@ -22,10 +22,11 @@ eval mode whose norm modules are replaced as follows; the original model is left
   whole batch chose one branch only that branch runs.
   Exact for every input: the decision is computed by the very same ops as the undeployed gate.
 * ``gate_override`` 1.0 / 0.0 -> the LayerNorm / :class:`DeployedDyT` alone (as in eager).
+* An AutoNorm whose squashing branch is Derf (``squash="erf"``) stays as it is (its eval forward).
 
 Which replacement a norm gets is declared with the norm in the registry
 (:func:`~autonorm.norms.registry.register_norm` ``deploy=``, or :func:`~autonorm.norms.registry.set_deploy`
-below for the forms defined here); a registered norm without one (LayerNorm) stays as it is.
+below for the forms defined here); a registered norm without one (LayerNorm, Derf) stays as it is.
 
 Exactness: outputs equal the undeployed model's eval outputs up to float rounding (~1e-7 relative
 for DyT branches through the sigmoid identity; bit-identical for LN and AFN). Deployed modules
@@ -204,6 +205,8 @@ class DeployedDispatch(_DeployedAutoNormBase):
 
 # ----------------------------------------------------------------------------------- conversion
 def _deploy_autonorm(module: AutoNorm) -> Optional[nn.Module]:
+    if module.squash != "tanh":
+        return None  # the blend and dispatch kernels compute tanh; the eval forward is exact
     override = module.gate_override
     if override == 1.0:
         return module.ln

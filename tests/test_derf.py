@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from autonorm.norms import Derf, norm_state
+
+from conftest import CONF
 
 C = 16
 
@@ -47,3 +51,24 @@ def test_derf_logs_alpha_and_shift_per_norm_point() -> None:
 def test_derf_rejects_bad_arguments_naming_them(kwargs: dict, key: str) -> None:
     with pytest.raises(ValueError, match=key):
         Derf(C, **kwargs)
+
+
+@pytest.mark.parametrize("row,transfer", [("Derf-Finetune", "finetune"), ("Derf-Freeze", "freeze")])
+def test_derf_rows_compose_validate_and_join_the_table_sweeps(make_cfg, row: str, transfer: str) -> None:
+    from omegaconf import open_dict
+
+    from autonorm.config import method_name, validate
+
+    cfg = make_cfg(f"experiment={row}")
+    validate(cfg)
+    assert cfg.norm.name == "derf" and cfg.transfer.mode == transfer and cfg.legend
+    assert method_name(cfg) == row
+    with open_dict(cfg):
+        cfg.method = None
+    assert method_name(cfg) == row  # the file name is the derived name
+    for sweep in ("table_mini", "table_full"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            sweep_cfg = compose(config_name="train", overrides=[f"sweep={sweep}"], return_hydra_config=True)
+        GlobalHydra.instance().clear()
+        assert row in sweep_cfg.hydra.sweeper.params.experiment.split(",")

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from autonorm.errors import AutoNormError
-from autonorm.norms import get_norm, norm_names
+from autonorm.norms import FREEZE_BRANCHES, GATES, IMPLS, SCHEDULES, get_norm, norm_names
 from autonorm.norms.autonorm import SQUASHES
 
 
@@ -38,9 +38,6 @@ def _num(value: Any, key: str, kind: type = int) -> Any:
         raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a number'} (got {value!r})") from None
 
 
-SCHEDULES = ("constant", "linear", "exponential", "cosine")
-
-
 @dataclass
 class GateSchema:
     kind: str = "soft"
@@ -50,7 +47,7 @@ class GateSchema:
     schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("soft", "gumbel"), "gate.kind", "must be one of soft, gumbel", self.kind)
+        _check(self.kind in GATES, "gate.kind", f"must be one of {', '.join(GATES)}", self.kind)
         _check(self.hidden >= 0, "gate.hidden", "must be >= 0", self.hidden)
         _check(self.tau_start > 0, "gate.tau_start", "must be > 0", self.tau_start)
         _check(self.tau_end > 0, "gate.tau_end", "must be > 0", self.tau_end)
@@ -84,7 +81,7 @@ def _check_norm(norm: DictConfig) -> None:
     if "alpha_init" in norm:
         _check(_num(norm.alpha_init, "norm.alpha_init", float) > 0, "norm.alpha_init", "must be > 0", norm.alpha_init)
     if "freeze_branch" in norm:
-        _check(norm.freeze_branch in (None, "ln", "dyt"), "norm.freeze_branch", "must be null, ln or dyt", norm.freeze_branch)
+        _check(norm.freeze_branch in FREEZE_BRANCHES, "norm.freeze_branch", "must be null, ln or dyt", norm.freeze_branch)
     for key in ("lambda_mu_init", "lambda_sigma_init", "lambda_gamma_init", "lambda_beta_init"):
         if key in norm:
             v = _num(norm[key], f"norm.{key}", float)
@@ -92,7 +89,7 @@ def _check_norm(norm: DictConfig) -> None:
     if "squash" in norm:
         _check(norm.squash in SQUASHES, "norm.squash", f"must be one of {', '.join(SQUASHES)}", norm.squash)
     if "impl" in norm:
-        _check(norm.impl in ("eager", "compiled", "fused"), "norm.impl", "must be one of eager, compiled, fused", norm.impl)
+        _check(norm.impl in IMPLS, "norm.impl", f"must be one of {', '.join(IMPLS)}", norm.impl)
 
 
 def _check_model(model: DictConfig, img_size: int = 32) -> None:

@@ -9,9 +9,10 @@ A norm module declares, next to its class::
 * ``name``: the config name (``norm.name`` and ``conf/norm/<name>.yaml``);
 * ``display``: the name of the norm in a table row (``method_name``), or a function of the norm's
   config that returns it (AutoNorm names its gate: ``AutoNorm-soft``);
-* ``logs``: the scalars logged per norm point during training, ``{key: attribute path}``; the
-  path is read on the module (dots go into submodules) and reported as ``key/<module name>``
-  (the mean of a tensor; skipped while the attribute is None or empty);
+* ``logs``: the scalars logged per norm point during training, ``{key: attribute path}`` or
+  ``{key: function of the module}``; the path is read on the module (dots go into submodules)
+  and reported as ``key/<module name>`` (the mean of a tensor; skipped while the value is None,
+  empty or absent, e.g. ``last_gate`` before the first forward);
 * ``deploy`` (optional): ``module -> inference module`` (or None to keep it), used by
   :func:`autonorm.norms.deploy.deploy_model`; without it the norm is deployed as it is.
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 Display = Union[str, Callable[[Mapping[str, Any]], str]]
+Logged = Union[str, Callable[[nn.Module], Any]]
 Deploy = Callable[[nn.Module], Optional[nn.Module]]
 N = TypeVar("N", bound=type)
 
@@ -38,7 +40,7 @@ class NormSpec:
     name: str
     cls: type
     display: Display
-    logs: dict[str, str] = field(default_factory=dict)
+    logs: dict[str, Logged] = field(default_factory=dict)
     deploy: Optional[Deploy] = None
 
     def display_name(self, norm_cfg: Optional[Mapping[str, Any]] = None) -> str:
@@ -50,8 +52,11 @@ class NormSpec:
         out: dict[str, float] = {}
         for key, path in self.logs.items():
             value: Any = module
-            for attr in path.split("."):
-                value = getattr(value, attr, None)
+            if callable(path):
+                value = path(module)
+            else:
+                for attr in path.split("."):
+                    value = getattr(value, attr, None)
             if isinstance(value, torch.Tensor):
                 if value.numel() == 0:
                     continue
@@ -87,7 +92,7 @@ NORMS: Mapping[str, type] = _Classes()
 def register_norm(
     name: str,
     display: Display,
-    logs: Optional[Mapping[str, str]] = None,
+    logs: Optional[Mapping[str, Logged]] = None,
     deploy: Optional[Deploy] = None,
 ) -> Callable[[N], N]:
     """Class decorator: register a norm under ``name`` (see the module docstring)."""

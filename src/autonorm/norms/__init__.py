@@ -1,6 +1,8 @@
-"""Normalization layers for Vision Transformers: LayerNorm, DyT, AutoNorm (gated LN/DyT), AFN.
+"""Normalization layers for Vision Transformers: LayerNorm, DyT, Derf, AutoNorm (gated LN/DyT or
+LN/Derf), AFN.
 
-Every layer maps tokens (B, N, C) to the same shape; build one with ``NORMS[name](dim, **kw)``.
+Every layer maps tokens (B, N, C) to the same shape, and takes the keyword arguments of a norm
+layer (:mod:`.layer_args`); build one with ``NORMS[name](dim, **kw)``.
 DyT, AutoNorm and AFN take ``impl="eager"|"fused"|"compiled"`` (:mod:`.fused`); ``deploy_model``
 (:mod:`.deploy`) turns a model into its fastest exact inference form.
 

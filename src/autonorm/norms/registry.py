@@ -16,8 +16,9 @@ A norm module declares, next to its class::
 * ``deploy`` (optional): ``module -> inference module`` (or None to keep it), used by
   :func:`autonorm.norms.deploy.deploy_model`; without it the norm is deployed as it is.
 
-Everything else reads this table: the config validation (accepted names), the table row names,
-the norm logging, deployment and the benchmark. This module imports torch only.
+Everything else reads this table: the config validation (accepted names), the table row names
+(``method_name``), the norm logging (``norm_state``) and deployment (``deploy_model``). This
+module imports torch only.
 """
 from __future__ import annotations
 

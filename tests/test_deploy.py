@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import io
 import pickle
-import time
 import warnings
 
 import pytest
@@ -153,38 +152,6 @@ def test_deploy_honours_gate_override() -> None:
             torch.testing.assert_close(dep(x), norm(x), **TIGHT)
 
 
-def test_calibrated_specialisation_is_opt_in() -> None:
-    model = _vit(lambda d: AutoNorm(d, gate="gumbel"))
-    _mixing_gates(model)
-    with torch.no_grad():  # force blocks.0.norm1 to LN and blocks.1.norm2 to DyT for every input
-        model.blocks[0].norm1.gate.net.weight.zero_()
-        model.blocks[0].norm1.gate.net.bias.copy_(torch.tensor([100.0, 0.0]))
-        model.blocks[1].norm2.gate.net.weight.zero_()
-        model.blocks[1].norm2.gate.net.bias.copy_(torch.tensor([0.0, 100.0]))
-    model.eval()
-    x = _images(32)
-    with torch.no_grad():
-        ref = model(x)
-    exact = model.deploy(calibration=x)  # records only
-    assert isinstance(exact.blocks[0].norm1, DeployedDispatch)
-    assert exact.deploy_info["blocks.0.norm1"]["ln_fraction"] == 1.0
-    assert exact.deploy_info["blocks.1.norm2"]["ln_fraction"] == 0.0
-    assert all(v["specialised"] is None for v in exact.deploy_info.values() if "specialised" in v)
-
-    spec = model.deploy(calibration=[(x[:16], None), (x[16:], None)], assume_constant=True)
-    assert isinstance(spec.blocks[0].norm1, LayerNorm)
-    assert isinstance(spec.blocks[1].norm2, DeployedDyT)
-    assert spec.deploy_info["blocks.0.norm1"]["specialised"] == "ln"
-    assert spec.deploy_info["blocks.1.norm2"]["specialised"] == "dyt"
-    mixed = [n for n, v in spec.deploy_info.items() if 0 < v.get("ln_fraction", 0) < 1]
-    assert mixed and all(isinstance(spec.get_submodule(n), DeployedDispatch) for n in mixed)
-    with torch.no_grad():
-        torch.testing.assert_close(spec(x), ref, **TIGHT)
-        torch.testing.assert_close(exact(x), ref, **TIGHT)
-    with pytest.raises(ValueError, match="calibration"):
-        model.deploy(assume_constant=True)
-
-
 def test_deployed_model_pickles_and_keeps_eval_semantics() -> None:
     model = _vit(lambda d: AutoNorm(d, gate="gumbel"))
     _mixing_gates(model)
@@ -214,26 +181,6 @@ def test_deployed_is_frozen_but_differentiable_wrt_input(gate: str) -> None:
         m(xx).square().sum().backward()
         grads.append(xx.grad)
     torch.testing.assert_close(grads[1], grads[0], atol=1e-4, rtol=1e-4)
-
-
-def test_deploy_timing_sanity(capsys) -> None:
-    """Informational only: prints undeployed vs deployed eval forward time (never asserted)."""
-    x = torch.randn(64, 3, 16, 16)
-    lines = []
-    for name, factory in (("dyt", DyT), ("soft", lambda d: AutoNorm(d, gate="soft")), ("gumbel", lambda d: AutoNorm(d, gate="gumbel"))):
-        model = _vit(factory).eval()
-        deployed = model.deploy()
-        times = {}
-        with torch.inference_mode():
-            for label, m in (("eager", model), ("deployed", deployed)):
-                m(x)
-                t0 = time.perf_counter()
-                for _ in range(3):
-                    m(x)
-                times[label] = (time.perf_counter() - t0) / 3
-        lines.append(f"{name}: eval {times['eager'] * 1e3:.2f} ms, deployed {times['deployed'] * 1e3:.2f} ms")
-    with capsys.disabled():
-        print("\n[deploy timing, informational] " + "; ".join(lines))
 
 
 # ----------------------------------------------------------------------------- implementations
@@ -419,27 +366,4 @@ def test_impl_argument_validation_and_registry() -> None:
             NORMS[name](C, impl="cuda")
     assert AutoNorm(C, impl="fused").dyt.impl == "fused"
     assert "impl='fused'" in repr(DyT(C, impl="fused"))
-    assert "impl" not in repr(DyT(C))
-
-
-def test_impl_speed_sanity(capsys) -> None:
-    """Informational only: forward+backward time per impl on a small token batch (not asserted)."""
-    x = torch.randn(32, 17, 64)
-    parts = []
-    for name, factory in (("dyt", DyT), ("soft", lambda d, impl: AutoNorm(d, gate="soft", impl=impl))):
-        times = {}
-        for impl in ("eager", "fused"):
-            m = factory(64, impl=impl)
-
-            def step(m=m) -> None:
-                xx = x.clone().requires_grad_(True)
-                m(xx).sum().backward()
-
-            step()
-            t0 = time.perf_counter()
-            for _ in range(10):
-                step()
-            times[impl] = (time.perf_counter() - t0) / 10
-        parts.append(f"{name}: fused/eager {times['fused'] / times['eager']:.2f}")
-    with capsys.disabled():
-        print("\n[impl timing, informational] " + "; ".join(parts))
+    assert "impl" not in repr(DyT(C, impl="eager"))

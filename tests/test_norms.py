@@ -74,7 +74,7 @@ def test_shape_and_gradient_flow(name: str) -> None:
 
 
 def test_norms_registry() -> None:
-    assert set(NORMS) == {"ln", "dyt", "autonorm", "afn"}
+    assert {"ln", "dyt", "autonorm", "afn"} <= set(NORMS)
     for cls in NORMS.values():
         assert cls(C)(_x()).shape == (B, N, C)
 
@@ -88,7 +88,7 @@ def test_layernorm_matches_functional() -> None:
 
 
 def test_dyt_equals_formula_exactly() -> None:
-    dyt = DyT(C, alpha_init=0.7)
+    dyt = DyT(C, alpha_init=0.7, impl="eager")
     assert dyt.alpha.shape == (1,)
     assert torch.equal(dyt.weight, torch.ones(C)) and torch.equal(dyt.bias, torch.zeros(C))
     with torch.no_grad():

@@ -15,6 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from autonorm.errors import AutoNormError
+from autonorm.norms import FREEZE_BRANCHES, GATES, IMPLS, SCHEDULES, get_norm, norm_names
+from autonorm.norms.autonorm import SQUASHES
 
 
 class ConfigError(AutoNormError, ValueError):
@@ -36,9 +38,6 @@ def _num(value: Any, key: str, kind: type = int) -> Any:
         raise ConfigError(f"{key} must be {'an integer' if kind is int else 'a number'} (got {value!r})") from None
 
 
-SCHEDULES = ("constant", "linear", "exponential", "cosine")
-
-
 @dataclass
 class GateSchema:
     kind: str = "soft"
@@ -48,7 +47,7 @@ class GateSchema:
     schedule: str = "constant"
 
     def __post_init__(self) -> None:
-        _check(self.kind in ("soft", "gumbel"), "gate.kind", "must be one of soft, gumbel", self.kind)
+        _check(self.kind in GATES, "gate.kind", f"must be one of {', '.join(GATES)}", self.kind)
         _check(self.hidden >= 0, "gate.hidden", "must be >= 0", self.hidden)
         _check(self.tau_start > 0, "gate.tau_start", "must be > 0", self.tau_start)
         _check(self.tau_end > 0, "gate.tau_end", "must be > 0", self.tau_end)
@@ -78,17 +77,19 @@ class OptimSchema:
 
 def _check_norm(norm: DictConfig) -> None:
     name = norm.get("name")
-    _check(name in ("ln", "dyt", "autonorm", "afn"), "norm.name", "must be one of ln, dyt, autonorm, afn", name)
+    _check(name in norm_names(), "norm.name", f"must be one of {', '.join(norm_names())}", name)
     if "alpha_init" in norm:
         _check(_num(norm.alpha_init, "norm.alpha_init", float) > 0, "norm.alpha_init", "must be > 0", norm.alpha_init)
     if "freeze_branch" in norm:
-        _check(norm.freeze_branch in (None, "ln", "dyt"), "norm.freeze_branch", "must be null, ln or dyt", norm.freeze_branch)
+        _check(norm.freeze_branch in FREEZE_BRANCHES, "norm.freeze_branch", "must be null, ln or dyt", norm.freeze_branch)
     for key in ("lambda_mu_init", "lambda_sigma_init", "lambda_gamma_init", "lambda_beta_init"):
         if key in norm:
             v = _num(norm[key], f"norm.{key}", float)
             _check(-20 <= v <= 20, f"norm.{key}", "is a pre-sigmoid logit and must be in [-20, 20]", v)
+    if "squash" in norm:
+        _check(norm.squash in SQUASHES, "norm.squash", f"must be one of {', '.join(SQUASHES)}", norm.squash)
     if "impl" in norm:
-        _check(norm.impl in ("auto", "eager", "compiled", "fused"), "norm.impl", "must be one of auto, eager, compiled, fused", norm.impl)
+        _check(norm.impl in IMPLS, "norm.impl", f"must be one of {', '.join(IMPLS)}", norm.impl)
 
 
 def _check_model(model: DictConfig, img_size: int = 32) -> None:
@@ -154,9 +155,7 @@ def method_name(cfg: DictConfig) -> str:
     """The row name in the baseline table: ``cfg.method`` or one derived from the config."""
     if cfg.get("method"):
         return str(cfg.method)
-    parts = [{"ln": "LN", "dyt": "DyT", "autonorm": "AutoNorm", "afn": "AFN"}[cfg.norm.name]]
-    if cfg.norm.name == "autonorm":
-        parts.append(cfg.gate.kind)
+    parts = [get_norm(cfg.norm.name).display_name(OmegaConf.to_container(cfg.norm, resolve=True))]  # type: ignore[arg-type]
     mode = (cfg.get("transfer") or {}).get("mode", "none")
     if mode != "none":
         parts.append(mode.capitalize())

@@ -1,4 +1,5 @@
-"""Record what the norms do during training: gate values, DyT alpha, AFN lambdas, gradient norms."""
+"""Record what the norms do during training: the scalars each norm declares in the registry (gate
+values, alphas, AFN lambdas, ...) and gradient norms."""
 
 from __future__ import annotations
 

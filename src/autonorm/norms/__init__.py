@@ -1,15 +1,20 @@
-"""Normalization layers for Vision Transformers: LayerNorm, DyT, AutoNorm (gated LN/DyT), AFN.
+"""Normalization layers for Vision Transformers: LayerNorm, DyT, Derf, AutoNorm (gated LN/DyT or
+LN/Derf), AFN.
 
-Every layer maps tokens (B, N, C) to the same shape; build one with ``NORMS[name](dim, **kw)``.
+Every layer maps tokens (B, N, C) to the same shape, and takes the keyword arguments of a norm
+layer (:mod:`.layer_args`); build one with ``NORMS[name](dim, **kw)``.
 DyT, AutoNorm and AFN take ``impl="auto"|"eager"|"fused"|"compiled"`` (:mod:`.fused`); ``deploy_model``
 (:mod:`.deploy`) turns a model into its fastest exact inference form.
-This package imports torch only.
+
+Every module of this package is imported here, so a norm registered in its own module
+(:func:`~.registry.register_norm`) is known to the project and importable from
+``autonorm.norms`` without further edits. This package imports torch only.
 """
 from __future__ import annotations
 
-from typing import Union
+import importlib
+import pkgutil
 
-import torch
 from torch import nn
 
 from .afn import AFN
@@ -19,9 +24,15 @@ from .dyt import DyT
 from .fused import IMPLS
 from .gates import GumbelGate, SoftGate
 from .ln import LayerNorm
+from .registry import NORM_REGISTRY, NORMS, NormSpec, get_norm, is_norm, norm_names, register_norm, spec_of
 from .schedules import SCHEDULES, temperature_at
 
-NORMS: dict[str, type[nn.Module]] = {"ln": LayerNorm, "dyt": DyT, "autonorm": AutoNorm, "afn": AFN}
+for _module in pkgutil.iter_modules(__path__):
+    if not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+#: every registered norm class, importable from here (``from autonorm.norms import DyT``)
+_REGISTERED = {spec.cls.__name__: spec.cls for spec in NORM_REGISTRY.values()}
+globals().update(_REGISTERED)
 
 _GATE_TYPES = (SoftGate, GumbelGate)
 
@@ -41,10 +52,6 @@ def set_temperature(model: nn.Module, tau: float) -> int:
     return len(gates)
 
 
-def _scalar(v: Union[torch.Tensor, float]) -> float:
-    return float(v.detach().float().mean().item()) if isinstance(v, torch.Tensor) else float(v)
-
-
 def _key(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if name else prefix
 
@@ -52,37 +59,32 @@ def _key(prefix: str, name: str) -> str:
 def norm_state(model: nn.Module) -> dict[str, float]:
     """Flat dict of per-norm-point scalars for logging, keyed by module name.
 
-    * ``gate/<name>``: mean of the AutoNorm's ``last_gate`` (absent before its first forward);
-    * ``alpha/<name>``: DyT's alpha (an AutoNorm's inner DyT is reported under the AutoNorm's name);
-    * ``lambda_mu|lambda_sigma|lambda_gamma|lambda_beta/<name>``: AFN's effective lambdas;
-    * ``tau``: once, the temperature of the first gate, if the model has any gate.
-
-    The root module's keys carry no ``/<name>`` suffix.
+    Every registered norm reports the scalars it declares (``logs=`` of
+    :func:`~autonorm.norms.registry.register_norm`) as ``<key>/<name>``: DyT's ``alpha``, the
+    AutoNorm's ``gate`` (mean of ``last_gate``, absent before the first forward) and its inner
+    DyT's ``alpha``, AFN's effective lambdas, ... A norm nested inside another norm (AutoNorm's
+    branches) is reported by the outer norm only. ``tau``: once, the temperature of the first
+    gate, if the model has any gate. The root module's keys carry no ``/<name>`` suffix.
     """
     state: dict[str, float] = {}
-    autonorm_names = {name for name, m in model.named_modules() if isinstance(m, AutoNorm)}
+    inside: list[str] = []  # names of the norms met so far (named_modules is top-down)
     tau = None
     for name, m in model.named_modules():
-        if isinstance(m, AutoNorm):
-            if m.last_gate is not None and m.last_gate.numel() > 0:
-                state[_key("gate", name)] = _scalar(m.last_gate)
-            state[_key("alpha", name)] = _scalar(m.dyt.alpha)
-        elif isinstance(m, DyT):
-            parent = name.rpartition(".")[0] if "." in name else ""
-            if name and name.rpartition(".")[2] == "dyt" and parent in autonorm_names:
-                continue  # already reported under the AutoNorm's name
-            state[_key("alpha", name)] = _scalar(m.alpha)
-        elif isinstance(m, AFN):
-            for lam in ("lambda_mu", "lambda_sigma", "lambda_gamma", "lambda_beta"):
-                state[_key(lam, name)] = _scalar(getattr(m, lam))
+        spec = spec_of(m)
+        if spec is not None:
+            if any(name.startswith(outer + ".") or outer == "" for outer in inside):
+                continue  # reported by the norm that contains it
+            inside.append(name)
+            for key, value in spec.scalars(m).items():
+                state[_key(key, name)] = value
         elif isinstance(m, _GATE_TYPES) and tau is None:
-            tau = _scalar(m.tau)
+            tau = float(m.tau)
     if tau is not None:
         state["tau"] = tau
     return state
 
 
-__all__ = [
+__all__ = sorted(set(_REGISTERED) | {
     "AFN",
     "AutoNorm",
     "DyT",
@@ -92,11 +94,18 @@ __all__ = [
     "IMPLS",
     "LayerNorm",
     "NORMS",
+    "NORM_REGISTRY",
+    "NormSpec",
     "SCHEDULES",
     "SoftGate",
     "deploy_model",
     "gate_modules",
+    "get_norm",
+    "is_norm",
+    "norm_names",
     "norm_state",
+    "register_norm",
     "set_temperature",
+    "spec_of",
     "temperature_at",
-]
+})

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import math
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import native
-from .fused import call_compiled, check_impl, prefer_kernel
+from .fused import DEFAULT_IMPL, call_compiled, check_impl, prefer_kernel
+from .layer_args import channel_affine, place
+from .registry import register_norm
 
 
 def _encoder_decoder(dim: int, hidden: int) -> nn.Sequential:
@@ -21,6 +23,7 @@ def _logit_param(value: float) -> nn.Parameter:
     return nn.Parameter(torch.tensor(float(value)))
 
 
+@register_norm("afn", display="AFN", logs={k: k for k in ("lambda_mu", "lambda_sigma", "lambda_gamma", "lambda_beta")})
 class AFN(nn.Module):
     r"""Adaptive Fusion Normalization (Zhou, Zhang, Wang, Chen, 2023, "AFN: Adaptive Fusion
     Normalization via an Encoder-Decoder Framework", arXiv:2308.03321), which fuses BatchNorm with
@@ -65,7 +68,10 @@ class AFN(nn.Module):
     (sum, sum of squares, count) when ``torch.distributed`` is initialised with world size > 1,
     so the statistics equal those of the global batch (differentiably, like SyncBatchNorm).
 
-    ``impl``: ``"eager"`` computes the statistics with ``var_mean`` and the output with one fused
+    A drop-in norm layer (:mod:`.layer_args`): ``elementwise_affine=False`` / ``bias=False`` make
+    the base affine ``weight`` / ``bias`` constants (the adaptive rescaling still learns).
+
+    ``impl`` (default ``"fused"``, as in ``conf/norm``): ``"eager"`` computes the statistics with ``var_mean`` and the output with one fused
     multiply-add ``x * scale + shift`` (the encoder-decoders act on (1, C) vectors); ``"fused"``
     computes the same on float32 CPU inputs with the C++ kernels of :mod:`autonorm.norms.native`
     (:class:`~autonorm.norms.native.BatchAffineNormFunction`: statistics with double accumulators,
@@ -91,7 +97,11 @@ class AFN(nn.Module):
         lambda_beta_init: float = -5.0,
         use_encoders: bool = True,
         sync_stats: bool = False,
-        impl: str = "eager",
+        impl: str = DEFAULT_IMPL,
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device: Optional[torch.device | str] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         if int(dim) <= 0:
@@ -119,8 +129,7 @@ class AFN(nn.Module):
         self.use_encoders = bool(use_encoders)
         self.sync_stats = bool(sync_stats)
 
-        self.weight = nn.Parameter(torch.ones(self.dim))
-        self.bias = nn.Parameter(torch.zeros(self.dim))
+        channel_affine(self, self.dim, elementwise_affine, bias)
         if self.use_encoders:
             self.f_mu = _encoder_decoder(self.dim, self.hidden)
             self.f_sigma = _encoder_decoder(self.dim, self.hidden)
@@ -133,6 +142,7 @@ class AFN(nn.Module):
         self.register_buffer("running_mean", torch.zeros(self.dim))
         self.register_buffer("running_var", torch.ones(self.dim))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        place(self, device, dtype)
 
     # ---- logging accessors -------------------------------------------------------------
     def _lam(self, name: str) -> Union[torch.Tensor, float]:

@@ -6,12 +6,23 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .derf import Derf
 from .dyt import DyT
-from .fused import blend_auto, blend_fused, blend_reference, call_compiled, check_impl, token_mean
+from .fused import DEFAULT_IMPL, blend_auto, blend_fused, blend_reference, call_compiled, check_impl, token_mean
 from .gates import GumbelGate, SoftGate
+from .layer_args import place
 from .ln import LayerNorm
+from .registry import register_norm
 
 GATES: tuple[str, ...] = ("soft", "gumbel")
+#: the squashing branch: DyT's tanh or Derf's erf
+SQUASHES: tuple[str, ...] = ("tanh", "erf")
+
+
+def _display(cfg: dict) -> str:
+    """``AutoNorm-<gate>``, ``-erf`` appended when the squashing branch is Derf."""
+    erf = "-erf" if cfg.get("squash", "tanh") == "erf" else ""
+    return f"AutoNorm-{cfg.get('gate', 'soft')}{erf}"
 
 
 def token_summary(x: torch.Tensor, impl: str = "eager") -> torch.Tensor:
@@ -21,9 +32,20 @@ def token_summary(x: torch.Tensor, impl: str = "eager") -> torch.Tensor:
     faster (:func:`~autonorm.norms.fused.token_mean`). Deployed copies call this same function, so
     their gate decisions are bit-identical."""
     return token_mean(x, impl)
+
+
+def as_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (B, ..., C) as tokens (B, N, C): (B, C) is one token per sample, channels-last
+    (B, H, W, C) has H * W tokens; a view where possible."""
+    if x.dim() < 2:
+        raise ValueError(f"AutoNorm expects (B, C), (B, N, C) or (B, H, W, C) input, got shape {tuple(x.shape)}")
+    return x if x.dim() == 3 else x.reshape(x.shape[0], -1, x.shape[-1])
+
+
 FREEZE_BRANCHES: tuple[Optional[str], ...] = (None, "ln", "dyt")
 
 
+@register_norm("autonorm", display=_display, logs={"gate": "last_gate", "alpha": "dyt.alpha", "shift": "dyt.shift"})
 class AutoNorm(nn.Module):
     """Adaptive normalization that lets each sample choose between LayerNorm and DyT.
 
@@ -63,11 +85,22 @@ class AutoNorm(nn.Module):
     evaluated once, and the blend is a single fused ``torch.lerp``.
 
     ``impl`` selects how the blend is computed (the gate is always plain PyTorch; see
-    :mod:`autonorm.norms.fused`): ``"eager"`` (the reference above), ``"fused"`` (one custom
+    :mod:`autonorm.norms.fused`): ``"eager"`` (the reference above), ``"fused"`` (the default, as
+    in ``conf/norm``: one custom
     autograd Function for ``a LN(x) + (1-a) DyT(x)`` with an analytic backward, equal up to float
     rounding) or ``"compiled"`` (``torch.compile`` of the eager blend, lazily, eager fallback on
     failure). The inner ``.dyt`` uses the same ``impl``. For inference, see
     :func:`autonorm.norms.deploy.deploy_model` (per-sample dispatch for hard gates).
+
+    ``squash="erf"`` replaces the DyT branch by Derf, ``weight * erf(alpha * x + shift) + bias``
+    (Chen et al., 2025, "Stronger Normalization-Free Transformers"), kept under the same
+    attribute ``.dyt`` (so ``freeze_branch="dyt"``, ``gate_override=0.0`` and the logged
+    ``alpha`` mean the squashing branch either way); the blend then runs eagerly whatever ``impl``
+    (the fused kernels compute tanh) and :func:`~autonorm.norms.deploy.deploy_model` keeps it as is.
+
+    A drop-in norm layer: (B, C) input is one token per sample, channels-last (B, H, W, C) input
+    has H * W tokens; ``eps`` is the LayerNorm branch's, ``elementwise_affine`` / ``bias`` apply
+    to both branches, ``device`` / ``dtype`` to every parameter.
     """
 
     last_gate: Optional[torch.Tensor]
@@ -81,7 +114,12 @@ class AutoNorm(nn.Module):
         gate_hidden: int = 0,
         freeze_branch: Optional[str] = None,
         eps: float = 1e-6,
-        impl: str = "eager",
+        impl: str = DEFAULT_IMPL,
+        squash: str = "tanh",
+        elementwise_affine: bool = True,
+        bias: bool = True,
+        device: Optional[torch.device | str] = None,
+        dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         if int(dim) <= 0:
@@ -94,12 +132,19 @@ class AutoNorm(nn.Module):
             )
         if int(gate_hidden) < 0:
             raise ValueError(f"gate_hidden must be >= 0, got gate_hidden={gate_hidden!r}")
+        if squash not in SQUASHES:
+            raise ValueError(f"squash must be one of {list(SQUASHES)}, got squash={squash!r}")
+        self.squash = squash
         self.impl = check_impl(impl)
         self.dim = int(dim)
         self.gate_type = gate
         self.freeze_branch = freeze_branch
-        self.ln = LayerNorm(self.dim, eps=eps)
-        self.dyt = DyT(self.dim, alpha_init=alpha_init, impl=self.impl)
+        self.ln = LayerNorm(self.dim, eps=eps, elementwise_affine=elementwise_affine, bias=bias)
+        self.dyt: nn.Module = (
+            DyT(self.dim, alpha_init=alpha_init, impl=self.impl, elementwise_affine=elementwise_affine, bias=bias)
+            if squash == "tanh"
+            else Derf(self.dim, alpha_init=alpha_init, elementwise_affine=elementwise_affine, bias=bias)
+        )
         self.gate: nn.Module = (
             SoftGate(self.dim, hidden=int(gate_hidden))
             if gate == "soft"
@@ -111,6 +156,7 @@ class AutoNorm(nn.Module):
                 p.requires_grad_(False)
         self.last_gate = None
         self._gate_override: Optional[float] = None
+        place(self, device, dtype)
 
     @property
     def gate_override(self) -> Optional[float]:
@@ -129,19 +175,20 @@ class AutoNorm(nn.Module):
         """The mixing weight ``a`` (B,) for input ``x`` (B, N, C), honouring ``gate_override``."""
         if self._gate_override is not None:
             return x.new_full((x.shape[0],), self._gate_override)
-        return self.gate(token_summary(x, self.impl))
+        return self.gate(token_summary(as_tokens(x), self.impl))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, N, C) -> ``a * LN(x) + (1 - a) * DyT(x)`` of the same shape."""
+        """``x`` (B, N, C) -> ``a * LN(x) + (1 - a) * DyT(x)`` of the same shape; (B, C) and
+        channels-last (B, H, W, C) input are read as tokens (:func:`as_tokens`)."""
         if x.dim() != 3:
-            raise ValueError(f"AutoNorm expects tokens of shape (B, N, C), got shape {tuple(x.shape)}")
+            return self.forward(as_tokens(x)).reshape(x.shape)
         a = self.gate_values(x)
         self.last_gate = a.detach()
         if self._gate_override == 1.0:
             return self.ln(x)
         if self._gate_override == 0.0:
             return self.dyt(x)
-        if self.impl != "eager":
+        if self.impl != "eager" and self.squash == "tanh":  # the fast paths compute tanh; erf runs eager
             args = (x, a, self.ln.weight, self.ln.bias, self.ln.eps, self.dyt.alpha, self.dyt.weight, self.dyt.bias)
             if self.impl == "auto":
                 return blend_auto(*args)
@@ -156,4 +203,5 @@ class AutoNorm(nn.Module):
 
     def extra_repr(self) -> str:
         impl = "" if self.impl == "eager" else f", impl={self.impl!r}"
-        return f"{self.dim}, gate={self.gate_type!r}, freeze_branch={self.freeze_branch!r}{impl}"
+        squash = "" if self.squash == "tanh" else f", squash={self.squash!r}"
+        return f"{self.dim}, gate={self.gate_type!r}, freeze_branch={self.freeze_branch!r}{squash}{impl}"

@@ -22,18 +22,11 @@ eval mode whose norm modules are replaced as follows; the original model is left
   whole batch chose one branch only that branch runs.
   Exact for every input: the decision is computed by the very same ops as the undeployed gate.
 * ``gate_override`` 1.0 / 0.0 -> the LayerNorm / :class:`DeployedDyT` alone (as in eager).
+* An AutoNorm whose squashing branch is Derf (``squash="erf"``) stays as it is (its eval forward).
 
-Calibrated specialisation (opt-in, NOT exact in general)
---------------------------------------------------------
-Whether a hard-gated norm point always makes the same choice depends on its input, so it cannot
-be established in general. ``deploy_model(model, calibration=x, assume_constant=True)`` runs the
-calibration inputs through the deployed copy, records each dispatch point's decisions and replaces
-every point that chose the same branch for ALL calibration samples by that branch alone (no gate).
-The result is exact only for inputs that make the same choices; inputs that would have picked the
-other branch get the wrong branch silently. The default (``assume_constant=False``) never does
-this; with calibration inputs but without ``assume_constant`` the decisions are only recorded in
-``deployed.deploy_info`` (a dict: per norm point its kind and, if calibrated, the fraction of
-samples that chose LN).
+Which replacement a norm gets is declared with the norm in the registry
+(:func:`~autonorm.norms.registry.register_norm` ``deploy=``, or :func:`~autonorm.norms.registry.set_deploy`
+below for the forms defined here); a registered norm without one (LayerNorm, Derf) stays as it is.
 
 Exactness: outputs equal the undeployed model's eval outputs up to float rounding (~1e-7 relative
 for DyT branches through the sigmoid identity; bit-identical for LN and AFN). Deployed modules
@@ -44,19 +37,18 @@ have ``requires_grad=False`` (gradients with respect to the input still work).
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable, Optional, Union
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
 from . import native
 from .afn import AFN, affine_output
-from .autonorm import AutoNorm, token_summary
+from .autonorm import AutoNorm, as_tokens, token_summary
 from .dyt import DyT
 from .fused import blend_auto, blend_fused, dyt_auto, dyt_fused, prefer_kernel
 from .gates import GumbelGate
-
-Calibration = Union[torch.Tensor, Iterable[Any]]
+from .registry import set_deploy, spec_of
 
 
 class DeployedDyT(nn.Module):
@@ -120,9 +112,7 @@ class _DeployedAutoNormBase(nn.Module):
         self.last_gate = None
 
     def _summary(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 3:
-            raise ValueError(f"AutoNorm expects tokens of shape (B, N, C), got shape {tuple(x.shape)}")
-        return token_summary(x, self.impl)  # the same function as AutoNorm.gate_values: the same bits
+        return token_summary(as_tokens(x), self.impl)  # the same function as AutoNorm.gate_values: the same bits
 
 
 class DeployedBlend(_DeployedAutoNormBase):
@@ -141,7 +131,9 @@ class DeployedBlend(_DeployedAutoNormBase):
         self.dyt_bias = dyt.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, N, C) -> ``a LN(x) + (1 - a) DyT(x)``."""
+        """``x`` (B, N, C) -> ``a LN(x) + (1 - a) DyT(x)`` (other shapes as AutoNorm reads them)."""
+        if x.dim() != 3:
+            return self.forward(as_tokens(x)).reshape(x.shape)
         if self.constant is not None:
             a = x.new_full((x.shape[0],), self.constant)
         else:
@@ -164,8 +156,7 @@ class DeployedDispatch(_DeployedAutoNormBase):
     Elsewhere the majority branch runs on
     the whole batch (one dense output buffer, which on CPU is cheaper than scattering two partial
     results into a fresh one) and the minority branch only on its samples, whose rows are then
-    overwritten. While ``recording`` is True the module counts decisions in ``counts``
-    (``[n_ln, n_dyt]``) for calibration.
+    overwritten.
     """
 
     def __init__(self, autonorm: AutoNorm) -> None:
@@ -173,8 +164,6 @@ class DeployedDispatch(_DeployedAutoNormBase):
         if not isinstance(autonorm.gate, GumbelGate):
             raise TypeError("DeployedDispatch needs an AutoNorm with a Gumbel (hard) gate")
         self.gate = autonorm.gate
-        self.recording = False
-        self.counts = [0, 0]
 
     def decisions(self, x: torch.Tensor) -> torch.Tensor:
         """Boolean (B,): True where the sample uses the LayerNorm branch (eval argmax)."""
@@ -182,11 +171,13 @@ class DeployedDispatch(_DeployedAutoNormBase):
         return logits[:, 0] >= logits[:, 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (B, N, C) -> LN(x_b) or DyT(x_b) per sample ``b``."""
+        """``x`` (B, N, C) -> LN(x_b) or DyT(x_b) per sample ``b`` (other shapes as AutoNorm reads them)."""
+        if x.dim() != 3:
+            return self.forward(as_tokens(x)).reshape(x.shape)
         choose_ln = self.decisions(x)
         self.last_gate = choose_ln.to(x.dtype)
         no_grad = not (torch.is_grad_enabled() and x.requires_grad)
-        if no_grad and not self.recording and native.usable(x, self.ln.weight, self.dyt.alpha) is not None:
+        if no_grad and native.usable(x, self.ln.weight, self.dyt.alpha) is not None:
             # one kernel sweep: every sample runs only its own branch (no host sync, no gather);
             # the kernel has no backward, so input gradients (saliency maps) take the path below
             if self.impl != "auto" or prefer_kernel("select", (x, choose_ln), self._by_kernel, self._by_index, train=False):
@@ -201,9 +192,6 @@ class DeployedDispatch(_DeployedAutoNormBase):
     def _by_index(self, x: torch.Tensor, choose_ln: torch.Tensor) -> torch.Tensor:
         n_ln = int(choose_ln.sum())
         b = x.shape[0]
-        if self.recording:
-            self.counts[0] += n_ln
-            self.counts[1] += b - n_ln
         if n_ln == b:
             return self.ln(x)
         if n_ln == 0:
@@ -226,24 +214,33 @@ class DeployedDispatch(_DeployedAutoNormBase):
 
 
 # ----------------------------------------------------------------------------------- conversion
+def _deploy_autonorm(module: AutoNorm) -> Optional[nn.Module]:
+    if module.squash != "tanh":
+        return None  # the blend and dispatch kernels compute tanh; the eval forward is exact
+    override = module.gate_override
+    if override == 1.0:
+        return module.ln
+    if override == 0.0:
+        return DeployedDyT(module.dyt)
+    if override is not None:
+        return DeployedBlend(module, constant=override)
+    if isinstance(module.gate, GumbelGate):
+        return DeployedDispatch(module)
+    return DeployedBlend(module)
+
+
+set_deploy(DyT, DeployedDyT)
+set_deploy(AFN, DeployedAffine)
+set_deploy(AutoNorm, _deploy_autonorm)  # type: ignore[arg-type]
+
+
 def deploy_module(module: nn.Module) -> Optional[nn.Module]:
-    """The inference replacement of one norm module, or None when it stays as it is."""
-    if isinstance(module, AutoNorm):
-        override = module.gate_override
-        if override == 1.0:
-            return module.ln
-        if override == 0.0:
-            return DeployedDyT(module.dyt)
-        if override is not None:
-            return DeployedBlend(module, constant=override)
-        if isinstance(module.gate, GumbelGate):
-            return DeployedDispatch(module)
-        return DeployedBlend(module)
-    if isinstance(module, DyT):
-        return DeployedDyT(module)
-    if isinstance(module, AFN):
-        return DeployedAffine(module)
-    return None
+    """The inference replacement of one norm module (its registered ``deploy``), or None when it
+    stays as it is."""
+    spec = spec_of(module)
+    if spec is None or spec.deploy is None:
+        return None
+    return spec.deploy(module)
 
 
 def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -255,83 +252,36 @@ def _set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
 def _replace_norms(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Replace every norm inside ``model`` in place (top-down); returns the per-point info."""
     info: dict[str, dict[str, Any]] = {}
-    replaced: list[str] = []
+    outer: list[str] = []
     for name, module in list(model.named_modules()):
-        if any(name.startswith(prefix + ".") for prefix in replaced):
-            continue  # inside a replaced AutoNorm
+        if any(name.startswith(prefix + ".") for prefix in outer):
+            continue  # inside a norm (an AutoNorm's branches): the outer norm decides
+        if spec_of(module) is not None:
+            outer.append(name)
         new = deploy_module(module)
-        if new is None:
+        if new is None or new is module:
             continue
         if not name:
             raise TypeError("deploy the model that contains the norm, not the norm itself (use deploy_module)")
         _set_submodule(model, name, new)
-        replaced.append(name)
         info[name] = {"from": type(module).__name__, "to": type(new).__name__}
     return info
 
 
-def _batches(calibration: Calibration) -> Iterable[torch.Tensor]:
-    if isinstance(calibration, torch.Tensor):
-        yield calibration
-        return
-    for item in calibration:
-        yield item[0] if isinstance(item, (tuple, list)) else item
-
-
-@torch.no_grad()
-def calibrate(model: nn.Module, calibration: Calibration) -> dict[str, tuple[int, int]]:
-    """Run ``calibration`` (a tensor, or an iterable of tensors / (x, y) batches) through the
-    deployed ``model`` and return ``{name: (n_ln, n_dyt)}`` for every :class:`DeployedDispatch`."""
-    points = {n: m for n, m in model.named_modules() if isinstance(m, DeployedDispatch)}
-    for m in points.values():
-        m.recording, m.counts = True, [0, 0]
-    try:
-        for xb in _batches(calibration):
-            model(xb)
-    finally:
-        for m in points.values():
-            m.recording = False
-    return {n: (m.counts[0], m.counts[1]) for n, m in points.items()}
-
-
-def deploy_model(
-    model: nn.Module,
-    calibration: Optional[Calibration] = None,
-    assume_constant: bool = False,
-) -> nn.Module:
+def deploy_model(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` in eval mode with every norm replaced by its inference form.
 
     Args:
-        model: any module containing LayerNorm / DyT / AutoNorm / AFN norm points (left untouched).
-        calibration: optional inputs (a tensor, or an iterable of tensors or ``(x, y)`` batches)
-            whose per-point hard-gate decisions are recorded in ``deploy_info``.
-        assume_constant: with ``calibration``, replace every hard-gated point that chose one
-            branch for all calibration samples by that branch. Exact ONLY for inputs that make the
-            same choices (see the module docstring); off by default.
+        model: any module containing registered norms (left untouched).
 
     Returns:
-        The deployed copy, with ``deploy_info`` ``{norm name: {"from", "to"[, "ln_fraction",
-        "specialised"]}}``.
+        The deployed copy, with ``deploy_info`` ``{norm name: {"from", "to"}}`` for every
+        replaced norm.
     """
-    if assume_constant and calibration is None:
-        raise ValueError("assume_constant=True needs calibration inputs (deploy(calibration=x, assume_constant=True))")
     deployed = copy.deepcopy(model).eval()
     deployed.requires_grad_(False)
     info = _replace_norms(deployed)
     deployed.eval()
-    if calibration is not None:
-        counts = calibrate(deployed, calibration)
-        for name, (n_ln, n_dyt) in counts.items():
-            entry = info.setdefault(name, {})
-            total = n_ln + n_dyt
-            entry["ln_fraction"] = n_ln / total if total else float("nan")
-            entry["specialised"] = None
-            if assume_constant and total and (n_ln == 0 or n_dyt == 0):
-                point = deployed.get_submodule(name)
-                branch = point.ln if n_dyt == 0 else point.dyt
-                _set_submodule(deployed, name, branch)
-                entry["specialised"] = "ln" if n_dyt == 0 else "dyt"
-                entry["to"] = type(branch).__name__
     deployed.deploy_info = info  # type: ignore[assignment]
     return deployed
 
@@ -341,7 +291,6 @@ __all__ = [
     "DeployedBlend",
     "DeployedDispatch",
     "DeployedDyT",
-    "calibrate",
     "deploy_model",
     "deploy_module",
 ]

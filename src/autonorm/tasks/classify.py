@@ -19,7 +19,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from autonorm.build import build_model
-from autonorm.norms import NORMS
+from autonorm.norms import is_norm
 
 _NO_DECAY_NAMES = ("pos_embed", "cls_token")
 
@@ -41,7 +41,7 @@ class WarmupCosine:
 
 
 def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, tuple(NORMS.values()) + (nn.LayerNorm,))
+    return is_norm(module)
 
 
 class ClassificationTask(pl.LightningModule):

@@ -105,6 +105,7 @@ def evaluate_run(
                 sigma=float(eval_cfg.noise_sigma), max_deg=float(eval_cfg.rotation_deg), seed=int(eval_cfg.eval_seed),
                 cifar10c=bool(eval_cfg.cifar10c), severities=tuple(eval_cfg.cifar10c_severities),
                 cifar10c_dir=eval_cfg.get("cifar10c_dir"), max_images=eval_cfg.get("max_images"),
+                dataset=getattr(datamodule, "name", None), test_index=getattr(datamodule, "test_index", None),
             ),
         )
         if rob:

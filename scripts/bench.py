@@ -29,8 +29,8 @@ Figures (each printed as ``RATIO <name> <value> (target <= <x>)`` or ``(target >
    target >= 10.
 5. ``throughput_vs_matmul/<model>/<norm>``: achieved training GFLOP/s (3 x forward FLOPs per
    step / step time) divided by the GFLOP/s of a 2048x2048 @ 2048x2048 fp32 matmul, target >= 0.60.
-   Both count 2 FLOPs per multiply-add (fvcore's matrix-product counts, 1 per multiply-add, are
-   doubled; its element-wise counts are kept).
+   Both count 2 FLOPs per multiply-add (the project's one convention,
+   ``autonorm.eval.profile.FLOP_CONVENTION``).
 
 Before measuring, the script samples the machine's CPU use by other processes for ~1 s
 (``/proc/stat`` minus this process) and reads ``/proc/loadavg``; it repeats the accounting over
@@ -100,10 +100,6 @@ INFER_TARGET = 1.00
 LIGHTNING_TARGET = 1.03
 DATA_PATH_TARGET = 10.0
 MATMUL_TARGET = 0.60
-#: fvcore operator names that count one FLOP per multiply-add (doubled to get FLOPs).
-MATRIX_OPS = frozenset(
-    {"conv", "linear", "matmul", "bmm", "einsum", "addmm", "mm", "baddbmm", "scaled_dot_product_attention"}
-)
 #: Other processes using at least this many cores (on average) make the machine "busy".
 BUSY_OTHER_CORES = 0.25
 
@@ -371,19 +367,17 @@ def _batch(n: int, img: int, num_classes: int, seed: int = 0) -> tuple[torch.Ten
 def flops_per_sample(model: nn.Module, img_size: int = 32) -> dict[str, Any]:
     """Forward FLOPs per sample (2 per multiply-add) with their source.
 
-    fvcore through ``autonorm.eval.profile.count_flops`` when importable: its matrix-product
-    counts (1 per multiply-add) are doubled, element-wise/reduction counts kept. Otherwise the
+    ``autonorm.eval.profile.count_flops`` (fvcore, 2 FLOPs per multiply-add) when importable. Otherwise the
     estimate ``2 * params * tokens`` (the weight matmuls only; attention scores not counted).
     """
     try:
         from autonorm.eval.profile import count_flops
 
         res = count_flops(model, img_size=img_size)
-        by_op = res.get("by_operator", {})
-        flops = sum((2 if op.split("::")[-1] in MATRIX_OPS else 1) * int(v) for op, v in by_op.items())
+        flops = int(res["total"])
         if flops <= 0:
             raise ValueError("fvcore counted no FLOPs")
-        return {"flops": float(flops), "source": "fvcore", "fvcore_total": int(res["total"])}
+        return {"flops": float(flops), "source": "fvcore"}
     except Exception as exc:  # noqa: BLE001
         params = sum(p.numel() for p in model.parameters())
         tokens = (img_size // _patch(model)) ** 2 + 1
@@ -734,7 +728,7 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         "machine_busy": busy,
         "loadavg": before["loadavg"],
         "idle_check": {"before": before, "during": during, "busy_other_cores_threshold": BUSY_OTHER_CORES},
-        "flops_source": "fvcore (autonorm.eval.profile.count_flops, matrix products x2)"
+        "flops_source": "fvcore (autonorm.eval.profile.count_flops, 2 FLOPs per multiply-add)"
         if fv
         else f"estimate 2*params*tokens: {sorted(flops_sources)}",
         "deploy_available": deploy_seen,

@@ -217,3 +217,18 @@ def test_compare_command(tmp_path: Path) -> None:
     fake_run(tmp_path / "s" / "m", "LN-Finetune", 0, 0.9, data="mnist")
     mixed = subprocess.run([*run, str(tmp_path / "s"), "--no-latency"], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert mixed.returncode == 2 and "--allow-mixed" in mixed.stderr
+
+
+def test_time_to_accuracy_target_is_met_only_when_every_seed_reaches_it() -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tta_script", REPO / "scripts" / "time_to_accuracy.py")
+    tta = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tta)
+    fast = [{"test_acc": "0.985", "train_time_s": "100", "wall_s": "150"}, {"test_acc": "0.991", "train_time_s": "200", "wall_s": "250"}]
+    faster = [{"test_acc": "0.992", "train_time_s": "120", "wall_s": "170"}]
+    never = [{"test_acc": "0.989", "train_time_s": "120", "wall_s": "170"}]
+    assert tta.target_cell([fast, faster], 0.99, 300) == "160 ± 57 s / 210 ± 57 s (2/2 seeds); met"
+    assert tta.target_cell([fast, faster, never], 0.99, 300).endswith("(2/3 seeds); not met")
+    assert tta.target_cell([fast, faster], 0.99, 200).endswith("not met")  # one seed past the budget
+    assert tta.target_cell([never], 0.99, 300) == "not reached (0/1 seeds); not met"

@@ -232,3 +232,22 @@ def test_time_to_accuracy_target_is_met_only_when_every_seed_reaches_it() -> Non
     assert tta.target_cell([fast, faster, never], 0.99, 300).endswith("(2/3 seeds); not met")
     assert tta.target_cell([fast, faster], 0.99, 200).endswith("not met")  # one seed past the budget
     assert tta.target_cell([never], 0.99, 300) == "not reached (0/1 seeds); not met"
+
+
+def test_copies_of_the_seed_in_the_resolved_config_do_not_split_a_row(tmp_path: Path) -> None:
+    # conf/data/*.yaml hold `seed: ${seed}`: config.yaml has data.seed equal to each run's seed
+    for seed in (0, 1):
+        run = fake_run(tmp_path / f"r{seed}", "LN", seed, 0.5)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["data"]["seed"] = seed
+        cfg["eval"] = {"eval_seed": 1234}
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (row,) = group_runs(collect_runs(tmp_path))
+    assert row["label"] == "LN" and [r["seed"] for r in row["runs"]] == [0, 1]
+
+
+def test_jobs_an_interrupted_sweep_did_not_run_are_listed(tmp_path: Path) -> None:
+    fake_run(tmp_path / "a", "LN", 0, 0.5)
+    (tmp_path / "NOT_RUN.json").write_text(json.dumps({"signal": "SIGTERM", "not_run": [str(tmp_path / "b")]}))
+    md = write_table(tmp_path, measure_latency=False).md.read_text()
+    assert "## Not run: the sweep was interrupted by SIGTERM" in md and "- `b`" in md

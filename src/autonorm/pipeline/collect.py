@@ -114,8 +114,14 @@ def _ignored(key: str) -> bool:
 
 
 def identity_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The flat config that defines a row: everything but :data:`IGNORED_KEYS`."""
-    return {k: v for k, v in flat_config(config).items() if not _ignored(k)}
+    """The flat config that defines a row: everything but :data:`IGNORED_KEYS` and the copies of
+    the seed that the resolved config holds (``data.seed: ${seed}``: a key named ``seed`` whose
+    value is the run's seed)."""
+    seed = config.get("seed")
+    return {
+        k: v for k, v in flat_config(config).items()
+        if not _ignored(k) and not (k.rsplit(".", 1)[-1] == "seed" and v == seed)
+    }
 
 
 def group_key(results: Optional[Mapping[str, Any]], config: Optional[Mapping[str, Any]]) -> str:

@@ -75,8 +75,8 @@ def _p(p: Optional[float]) -> str:
 
 def _latency_headers(lat: dict[str, Any]) -> tuple[str, str]:
     bs = lat["batch_sizes"]
-    return (f"Latency (ms / image, batch {bs[0]}, {lat['threads']} threads)",
-            f"Throughput (images / s, batch {bs[-1]}, {lat['threads']} threads)")
+    return (f"Latency (ms / image, batch {bs[0]}, {lat['threads']} thread{'s' if lat['threads'] != 1 else ''})",
+            f"Throughput (images / s, batch {bs[-1]}, {lat['threads']} thread{'s' if lat['threads'] != 1 else ''})")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -123,7 +123,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             if lat.get("models") is not None:
                 lines.append(
                     f"Latency and throughput: every row's model (its first seed's best checkpoint) measured together "
-                    f"when this table was built, in one process on the CPU, {lat['threads']} torch threads, eval mode, "
+                    f"when this table was built, in one process on the CPU, {lat['threads']} torch thread(s), eval mode, "
                     f"{lat['warmup']} warm-up forwards, {lat['rounds']} rounds in rotating order, median over rounds."
                 )
             for label, why in (lat.get("skipped") or {}).items():
@@ -142,6 +142,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     else:
         lines.append("None.")
     lines.append("")
+    for nr in report.get("not_run") or []:
+        lines += [f"## Not run: the sweep was interrupted by {nr['signal']}", ""]
+        lines += [f"- `{j}`" for j in nr["jobs"]] or ["None."]
+        lines.append("")
     return "\n".join(lines)
 
 

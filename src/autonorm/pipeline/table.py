@@ -191,6 +191,18 @@ def measure_rows(rows: list[dict[str, Any]], batch_sizes: Sequence[int] = (1, 25
     return out
 
 
+def _not_run(folder: Path) -> Optional[dict[str, Any]]:
+    """The jobs an interrupted sweep did not start (its ``NOT_RUN.json``, written at the sweep's end)."""
+    try:
+        info = json.loads((folder / "NOT_RUN.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict):
+        return None
+    jobs = [os.path.relpath(p, folder) for p in info.get("not_run") or []]
+    return {"folder": str(folder), "signal": info.get("signal"), "jobs": jobs}
+
+
 def build_report(
     *folders: str | os.PathLike[str],
     method_order: Optional[Sequence[str]] = None,
@@ -220,6 +232,7 @@ def build_report(
         latency = measure_rows(rows, latency_batch_sizes, threads, rounds)
     return {
         "folders": [str(f) for f in folders],
+        "not_run": [n for n in (_not_run(Path(f)) for f in folders) if n],
         "runs": runs,
         "rows": rows,
         "data_sets": data_sets,

@@ -16,7 +16,8 @@ Protocol
   the test file), and their labels are checked against the clean set's. For any other data set,
   and for missing files, the corruption is generated on the fly from the given test images with
   :mod:`autonorm.eval.corruptions`. The source of each corruption is reported (``"npy"`` or
-  ``"generated"``).
+  ``"generated"``). The released files corrupt the original CIFAR-10 test images: with a
+  ``cifar10.npz`` that is a re-encoded copy, the clean images differ slightly from theirs.
 * A corruption that cannot be produced or scored gives a warning and ``None`` cells, never a
   number.
 

@@ -43,10 +43,8 @@ Figures (each printed as ``RATIO <name> <value> (target <= <x>)`` or ``(target >
    target >= 10.
 5. ``throughput_vs_matmul/<model>/<norm>``: achieved training GFLOP/s (3 x forward FLOPs per
    step / step time) divided by the GFLOP/s of a 2048x2048 @ 2048x2048 matmul in the run's
-   precision (float32, or bfloat16 with ``--precision bf16-mixed``), target >= 0.60. FLOP
-   convention: 2 FLOPs per multiply-add on both sides (fvcore's matrix-product counts are
-   brought to this convention whatever convention ``count_flops`` reports, by counting a probe
-   layer of known size; element-wise counts are kept).
+   precision (float32, or bfloat16 with ``--precision bf16-mixed``), target >= 0.60. Both count
+   2 FLOPs per multiply-add (the project's one convention, ``autonorm.eval.profile.FLOP_CONVENTION``).
 
 Before measuring, the script samples the machine's CPU use by other processes for ~1 s
 (``/proc/stat`` minus this process) and reads ``/proc/loadavg``; it repeats the accounting over
@@ -119,10 +117,6 @@ INFER_TARGET = 1.00
 LIGHTNING_TARGET = 1.03
 DATA_PATH_TARGET = 10.0
 MATMUL_TARGET = 0.60
-#: fvcore operator names that count one FLOP per multiply-add (doubled to get FLOPs).
-MATRIX_OPS = frozenset(
-    {"conv", "linear", "matmul", "bmm", "einsum", "addmm", "mm", "baddbmm", "scaled_dot_product_attention"}
-)
 #: Other processes using at least this many cores (on average) make the machine "busy".
 BUSY_OTHER_CORES = 0.25
 
@@ -456,43 +450,21 @@ def measure_matmul(cfg: BenchConfig) -> dict[str, Any]:
 def flops_per_sample(model: nn.Module, img_size: int = 32) -> dict[str, Any]:
     """Forward FLOPs per sample (2 per multiply-add) with their source.
 
-    fvcore through ``autonorm.eval.profile.count_flops`` when importable: its matrix-product
-    counts are scaled to 2 FLOPs per multiply-add (:func:`matrix_scale`), element-wise/reduction
-    counts kept. Otherwise the estimate ``2 * params * tokens`` (the weight matmuls only;
-    attention scores not counted).
+    ``autonorm.eval.profile.count_flops`` (fvcore, 2 FLOPs per multiply-add) when importable. Otherwise the
+    estimate ``2 * params * tokens`` (the weight matmuls only; attention scores not counted).
     """
     try:
         from autonorm.eval.profile import count_flops
 
         res = count_flops(model, img_size=img_size)
-        by_op = res.get("by_operator", {})
-        scale = matrix_scale()
-        flops = sum((scale if op.split("::")[-1] in MATRIX_OPS else 1) * int(v) for op, v in by_op.items())
+        flops = int(res["total"])
         if flops <= 0:
             raise ValueError("fvcore counted no FLOPs")
-        return {"flops": float(flops), "source": "fvcore", "fvcore_total": int(res["total"])}
+        return {"flops": float(flops), "source": "fvcore"}
     except Exception as exc:  # noqa: BLE001
         params = sum(p.numel() for p in model.parameters())
         tokens = (img_size // _patch(model)) ** 2 + 1
         return {"flops": float(2 * params * tokens), "source": f"estimate 2*params*tokens ({type(exc).__name__}: {exc})"}
-
-
-_matrix_scale: list[float] = []
-
-
-def matrix_scale() -> float:
-    """Factor that brings ``count_flops``' matrix-product counts to 2 FLOPs per multiply-add,
-    found by counting a bias-free linear layer of known size (12 multiply-adds), so the figure
-    does not depend on the convention ``count_flops`` follows."""
-    if not _matrix_scale:
-        from autonorm.eval.profile import count_flops
-
-        probe = nn.Sequential(nn.Flatten(), nn.Linear(12, 1, bias=False))
-        counted = count_flops(probe, img_size=2)["total"]
-        if counted not in (12, 24):
-            raise ValueError(f"count_flops counted {counted} FLOPs for 12 multiply-adds")
-        _matrix_scale.append(24.0 / counted)
-    return _matrix_scale[0]
 
 
 def _patch(model: nn.Module) -> int:
@@ -852,7 +824,7 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         "machine_busy": busy,
         "loadavg": before["loadavg"],
         "idle_check": {"before": before, "during": during, "busy_other_cores_threshold": BUSY_OTHER_CORES},
-        "flops_source": "fvcore (autonorm.eval.profile.count_flops, matrix products at 2 FLOPs per multiply-add)"
+        "flops_source": "fvcore (autonorm.eval.profile.count_flops, 2 FLOPs per multiply-add)"
         if fv
         else f"estimate 2*params*tokens: {sorted(flops_sources)}",
         "flop_convention": "2 FLOPs per multiply-add (model FLOPs and matmul rates alike)",

@@ -2,10 +2,10 @@
 
     python scripts/results_doc.py outputs/table/full --title "Baseline table (full data)" --out docs/results_table_full.md
 
-Reads the runs with :func:`autonorm.pipeline.table.collect_runs`, renders the per-method table,
-states the machine, the budget (from the sweep's ``multirun.yaml``), the seeds and the wall time
-(first job start to last job end), and says which rows beat which: a row "beats" another when
-its mean test accuracy is higher by more than the sum of the two sample standard deviations.
+Builds the table with :func:`autonorm.pipeline.table.build_report` (rows of runs that differ by seed
+alone, paired-by-seed comparisons with Holm's correction, latency and throughput of all rows
+measured together now unless ``--no-latency``) and states the machine, the budget (from the
+sweep's ``multirun.yaml``), the seeds and the wall time (first job start to last job end).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 from autonorm.pipeline.io import atomic_write_text  # noqa: E402
-from autonorm.pipeline.table import build_table, collect_runs, render_markdown  # noqa: E402
+from autonorm.pipeline.render import render_markdown  # noqa: E402
+from autonorm.pipeline.table import build_report  # noqa: E402
 
 
 def _cpu() -> str:
@@ -70,50 +71,29 @@ def _wall_time(runs: list[dict]) -> str:
     return f"{span / 60:.1f} min ({datetime.fromtimestamp(min(starts)):%Y-%m-%d %H:%M} to {datetime.fromtimestamp(max(ends)):%H:%M})"
 
 
-def comparisons(per_method: list[dict]) -> list[str]:
-    rows = [m for m in per_method if m.get("Test Acc")]
-    rows.sort(key=lambda m: -m["Test Acc"]["mean"])
-    lines = []
-    for i, a in enumerate(rows):
-        beaten, tied = [], []
-        for b in rows[i + 1 :]:
-            gap = a["Test Acc"]["mean"] - b["Test Acc"]["mean"]
-            spread = (a["Test Acc"]["std"] or 0.0) + (b["Test Acc"]["std"] or 0.0)
-            (beaten if gap > spread else tied).append(b["Method"])
-        text = f"- **{a['Method']}** ({100 * a['Test Acc']['mean']:.2f}% test)"
-        if beaten:
-            text += f" beats {', '.join(beaten)}"
-        if tied:
-            text += f"{';' if beaten else ''} is within the seeds' spread of {', '.join(tied)}"
-        lines.append(text + ".")
-    return lines
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep", type=Path)
     ap.add_argument("--title", default="Baseline table")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--no-latency", action="store_true", help="do not measure the rows' latency and throughput")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads of the latency measurement")
     args = ap.parse_args()
     if not args.sweep.is_dir():
         print(f"sweep folder not found: {args.sweep}", file=sys.stderr)
         return 1
-    runs = collect_runs(args.sweep)
-    per_run, per_method = build_table(runs)
-    seeds = sorted({r["Seed"] for r in per_run if r["Seed"] is not None})
+    report = build_report(args.sweep, measure=not args.no_latency, threads=args.threads)
+    runs = report["runs"]
+    seeds = sorted({r["seed"] for r in runs if r["seed"] is not None})
     text = [
         f"## {args.title}",
         "",
-        f"- Machine: {_cpu()}; torch threads as set by the run; generated {datetime.now():%Y-%m-%d}.",
+        f"- Machine: {_cpu()}; generated {datetime.now():%Y-%m-%d}.",
         f"- Budget: {_budget(args.sweep)}.",
         f"- Seeds: {', '.join(map(str, seeds))}; wall time of the whole sweep: {_wall_time(runs)}.",
-        f"- Source: `{args.sweep}` (rebuild with `python scripts/make_table.py {args.sweep}`).",
+        f"- Source: `{args.sweep}` (rebuild with `python -m autonorm.compare {args.sweep}`).",
         "",
-        render_markdown(per_run, per_method).split("\n", 1)[1].strip(),
-        "",
-        "### Which rows beat which (mean test accuracy gap larger than the sum of the two seed standard deviations)",
-        "",
-        *comparisons(per_method),
+        render_markdown(report).split("\n", 1)[1].strip().replace("\n## ", "\n### "),
         "",
     ]
     atomic_write_text(args.out, "\n".join(text))

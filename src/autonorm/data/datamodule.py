@@ -460,6 +460,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_y = data["y_train"][val_idx].to(dev)
         self.test_x = data["x_test"][test_perm].to(dev)
         self.test_y = data["y_test"][test_perm].to(dev)
+        self.test_index = test_perm  # position of each test image in the file (released CIFAR-10-C order)
         self.classes = list(data["classes"])
 
     def _distributed(self) -> tuple[int, int]:

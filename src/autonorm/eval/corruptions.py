@@ -7,46 +7,41 @@ Two families live here:
   in ``[-max_deg, max_deg]`` per image);
 * the 15 corruptions x 5 severities of CIFAR-10-C (Hendrycks & Dietterich, 2019, "Benchmarking
   Neural Network Robustness to Common Corruptions and Perturbations"), reimplemented in torch
-  with the parameter tables of the authors' CIFAR (32x32) generator, not the ImageNet-C ones.
-  They are registered in :data:`CORRUPTIONS` (name -> ``fn(x01, severity, generator)``) and the
-  parameters are listed in :data:`CIFAR10C_PARAMS`.
+  with the parameter tables of the authors' CIFAR (32x32) generator, not the ImageNet-C or
+  Tiny-ImageNet-C ones. They are registered in :data:`CORRUPTIONS` (name ->
+  ``fn(x01, severity, generator)``) and the parameters are listed in :data:`CIFAR10C_PARAMS`
+  (pinned by a test).
 
 Conventions: every corruption takes float images in [0, 1] of shape (B, 3, H, W) (CIFAR: 32x32)
-and returns the same shape and dtype, clamped to [0, 1]. All randomness is drawn from the given
-``torch.Generator`` (on the generator's device, then moved to the images' device), so equal
-seeds give equal outputs; ``generator=None`` uses torch's global RNG. Randomness is drawn per
-image, so a batch gets different noise / angles / textures for every image.
+and returns the same shape and dtype, clamped to [0, 1]. Randomness comes from ``generator``:
+either one ``torch.Generator`` for the batch, or a sequence of B generators, one per image, in
+which case image i's corruption depends on its own generator alone (not on the batch size or the
+other images: what :mod:`autonorm.eval.robustness` uses, so that the first N images of a set are
+corrupted the same whatever N). ``generator=None`` uses torch's global RNG.
 
 Fidelity notes (where this differs from the released numpy/OpenCV/ImageMagick generator):
 
-* The reference pipeline works on uint8 PIL images with scikit-image, OpenCV, SciPy and Wand
-  (ImageMagick). Here every step is in float32 torch; quantisation to uint8 is reproduced only
-  where it matters (glass blur's pixel shuffling, pixelate's two PIL resizes, JPEG).
-* ``motion_blur`` (and the motion-blurred snow layer) use the numpy re-implementation of
-  ImageMagick's motion blur that later versions of the ImageNet-C code ship (a one-sided Gaussian
-  kernel of width ``2 * radius + 1`` along the motion direction, edge-replicated shifts), not
-  Wand itself.
-* ``zoom_blur`` and ``snow`` use a bilinear zoom about the image centre in place of
+* The reference works on uint8 PIL images with scikit-image, OpenCV, SciPy and Wand
+  (ImageMagick). Here every step is in float32 torch; quantisation to uint8 is reproduced where it
+  matters (glass blur's pixel shuffling, pixelate's two PIL resizes, JPEG, motion blur's PNG).
+* ``motion_blur`` (and the motion-blurred snow layer) use a re-implementation of ImageMagick's
+  motion blur (a one-sided Gaussian kernel of width ``2 * radius + 1`` along the motion
+  direction, edge-replicated shifts), not Wand itself.
+* ``zoom_blur`` and ``snow`` zoom bilinearly about the image centre in place of
   ``scipy.ndimage.zoom`` on an integer centre crop (sub-pixel differences in the zoom centre).
-* ``elastic_transform`` composes the random affine warp (reflect-101 border, like
-  ``cv2.warpAffine``) and the smoothed random displacement field (bilinear, SciPy "reflect"
-  border) exactly as the reference does, with grid_sample doing the interpolation. The CIFAR
-  table used is ``(alpha, sigma, affine jitter) = 32 * [(0, 0, .08), (.05, .2, .07),
-  (.08, .06, .06), (.1, .04, .05), (.1, .03, .03)]``, as recalled from the released
-  ``make_cifar_c.py``; treat it as a close approximation.
-* ``frost``: the reference blends crops of six frost photographs (``frost1.png`` ...) that are
-  not available offline. This module **synthesises a frost-like texture procedurally** (a plasma
-  fractal for the frosted haze plus thin, blurred, bright random ice-crystal streaks, tinted
-  light blue-white like the photographs) and blends it with the CIFAR frost coefficients.
-  Scores on it are *not* comparable with the published CIFAR-10-C frost numbers; callers that
-  report it should say so (:data:`SYNTHETIC_CORRUPTIONS` lists it). Real CIFAR-10-C ``.npy``
-  files, when available, are always preferred by :mod:`autonorm.eval.robustness`.
+  The zoom factors are the reference's ``np.arange(1, stop, 0.01)`` arrays including their float
+  rounding (7, 12, 16, 21 and 26 factors).
+* ``frost`` blends a random 32x32 crop of one of the five frost photographs the CIFAR generator
+  draws from (``frost1.png`` ... ``frost5.jpg``, shrunk by 0.2), shipped in
+  ``autonorm/eval/assets/frost_cifar.npz`` (built from the PyPI package ``imagecorruptions`` by
+  ``scripts/make_frost.py``, which records the files' sha256).
 * ``glass_blur`` reproduces what the reference's pixel "swap" really does: on numpy views of an
   (H, W, 3) array ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` only copies ``x[h', w']`` into
   ``x[h, w]``. ``jpeg_compression`` uses Pillow like the reference (torchvision as fallback).
-* The remaining parameter tables (noise levels, blur radii, fog, contrast, brightness, pixelate,
-  JPEG qualities) are those of the CIFAR generator as far as the author recalls them; they are
-  listed in :data:`CIFAR10C_PARAMS` so they can be checked at a glance.
+
+Since the random numbers come from torch, not numpy, no generated image equals the released
+CIFAR-10-C file's image; the distributions and parameters are the reference's. Released
+``.npy`` files are preferred for the CIFAR-10 test set (:mod:`autonorm.eval.robustness`).
 
 A corruption that cannot be built raises :class:`CorruptionUnavailable`; evaluation code turns
 that into a warning and an empty (None) cell, never a number.
@@ -54,9 +49,12 @@ that into a warning and an empty (None) cell, never a number.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Callable, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -64,14 +62,14 @@ __all__ = [
     "CIFAR10C_CORRUPTIONS",
     "CIFAR10C_PARAMS",
     "CORRUPTIONS",
-    "SYNTHETIC_CORRUPTIONS",
     "CorruptionUnavailable",
     "corrupt",
     "gaussian_noise",
     "rotate",
 ]
 
-Generator = Optional[torch.Generator]
+#: one generator for the batch, or one per image (see the module docstring)
+Generator = Union[None, torch.Generator, Sequence[torch.Generator]]
 CorruptionFn = Callable[[torch.Tensor, int, Generator], torch.Tensor]
 
 
@@ -79,7 +77,8 @@ class CorruptionUnavailable(RuntimeError):
     """Raised when a corruption cannot be generated (e.g. a missing external resource)."""
 
 
-# The CIFAR-10-C parameter tables, severities 1..5 (see the module docstring for provenance).
+# The CIFAR-10-C parameter tables, severities 1..5: the values of the authors' CIFAR generator
+# (``make_cifar_c.py`` of Hendrycks & Dietterich's robustness code), pinned by a test.
 CIFAR10C_PARAMS: dict[str, list] = {
     "gaussian_noise": [0.04, 0.06, 0.08, 0.09, 0.10],  # std in [0, 1]
     "shot_noise": [500, 250, 100, 75, 50],  # Poisson photon count scale
@@ -87,14 +86,10 @@ CIFAR10C_PARAMS: dict[str, list] = {
     "defocus_blur": [(0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1)],  # (radius, alias blur)
     # (sigma, max_delta, iterations)
     "glass_blur": [(0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2)],
-    "motion_blur": [(10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3)],  # (radius, sigma)
-    "zoom_blur": [
-        [1 + 0.01 * i for i in range(6)],  # np.arange(1, 1.06, 0.01)
-        [1 + 0.01 * i for i in range(11)],  # np.arange(1, 1.11, 0.01)
-        [1 + 0.01 * i for i in range(16)],  # np.arange(1, 1.16, 0.01)
-        [1 + 0.01 * i for i in range(21)],  # np.arange(1, 1.21, 0.01)
-        [1 + 0.01 * i for i in range(26)],  # np.arange(1, 1.26, 0.01)
-    ],
+    "motion_blur": [(6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5)],  # (radius, sigma)
+    # np.arange(1, stop, 0.01) as the reference builds them: float rounding gives 7 and 12
+    # factors for the first two stops (1.06 and 1.11 are included), 16, 21 and 26 for the others
+    "zoom_blur": [[float(z) for z in np.arange(1, stop, 0.01)] for stop in (1.06, 1.11, 1.16, 1.21, 1.26)],
     # (loc, scale, zoom, threshold, blur radius, blur sigma, blend)
     "snow": [
         (0.1, 0.2, 1, 0.6, 8, 3, 0.95),
@@ -103,7 +98,7 @@ CIFAR10C_PARAMS: dict[str, list] = {
         (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
         (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
     ],
-    "frost": [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],  # (image, frost) weights
+    "frost": [(1, 0.2), (1, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45)],  # (image, frost photo) weights
     "fog": [(0.2, 3), (0.5, 3), (0.75, 2.5), (1, 2), (1.5, 1.75)],  # (strength, wibble decay)
     "brightness": [0.05, 0.1, 0.15, 0.2, 0.3],  # added to HSV value
     "contrast": [0.75, 0.5, 0.4, 0.3, 0.15],  # contrast factor
@@ -137,10 +132,6 @@ CIFAR10C_CORRUPTIONS: tuple[str, ...] = (
     "jpeg_compression",
 )
 
-#: Corruptions whose on-the-fly version uses a synthetic stand-in for an unavailable resource.
-SYNTHETIC_CORRUPTIONS: frozenset[str] = frozenset({"frost"})
-
-
 # --------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------
@@ -160,16 +151,33 @@ def _severity(name: str, severity: int):
     return CIFAR10C_PARAMS[name][int(severity) - 1]
 
 
-def _gdev(generator: Generator) -> torch.device:
+def _gdev(generator: Optional[torch.Generator]) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
-def _rand(shape: Sequence[int], generator: Generator, device: torch.device) -> torch.Tensor:
-    return torch.rand(tuple(shape), generator=generator, device=_gdev(generator)).to(device)
+def _draw(shape: Sequence[int], generator: Generator, sample: Callable) -> torch.Tensor:
+    """``sample(shape, gen)`` for one generator; with one generator per image (a sequence of
+    ``shape[0]``), image i's values are ``sample(shape[1:], generator[i])``, stacked."""
+    shape = tuple(int(s) for s in shape)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} images")
+        if not generator:
+            return torch.empty(shape)
+        return torch.stack([sample(shape[1:], g).cpu() for g in generator])
+    return sample(shape, generator)
 
 
-def _randn(shape: Sequence[int], generator: Generator, device: torch.device) -> torch.Tensor:
-    return torch.randn(tuple(shape), generator=generator, device=_gdev(generator)).to(device)
+def _rand(shape: Sequence[int], generator: Generator, device) -> torch.Tensor:
+    return _draw(shape, generator, lambda s, g: torch.rand(s, generator=g, device=_gdev(g))).to(device)
+
+
+def _randn(shape: Sequence[int], generator: Generator, device) -> torch.Tensor:
+    return _draw(shape, generator, lambda s, g: torch.randn(s, generator=g, device=_gdev(g))).to(device)
+
+
+def _randint(lo: int, hi: int, shape: Sequence[int], generator: Generator, device) -> torch.Tensor:
+    return _draw(shape, generator, lambda s, g: torch.randint(lo, hi, s, generator=g, device=_gdev(g))).to(device)
 
 
 def _uniform(shape: Sequence[int], lo: float, hi: float, generator: Generator, device) -> torch.Tensor:
@@ -444,8 +452,14 @@ def _c_shot_noise(x01: torch.Tensor, severity: int, generator: Generator = None)
     """Poisson(x * c) / c, c in [500, 250, 100, 75, 50]."""
     _check(x01)
     c = float(_severity("shot_noise", severity))
-    rates = (x01.float().clamp(0, 1) * c).to(_gdev(generator))
-    counts = torch.poisson(rates, generator=generator).to(x01.device)
+    rates = x01.float().clamp(0, 1) * c
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != rates.shape[0]:
+            raise ValueError(f"{len(generator)} generators for a batch of {rates.shape[0]} images")
+        counts = torch.stack([torch.poisson(r.to(_gdev(g)), generator=g).cpu() for r, g in zip(rates, generator)])
+    else:
+        counts = torch.poisson(rates.to(_gdev(generator)), generator=generator)
+    counts = counts.to(x01.device)
     return _finish(counts / c, x01)
 
 
@@ -508,11 +522,9 @@ def _c_glass_blur(x01: torch.Tensor, severity: int, generator: Generator = None)
     y = torch.floor(_gaussian_blur(x, sigma).clamp(0, 1) * 255.0) / 255.0
     hs = torch.arange(h - delta, delta, -1)
     ws = torch.arange(w - delta, delta, -1)
-    gdev = _gdev(generator)
     for _ in range(iters):
         # draws in the reference's visiting order: (h desc, w desc), (dx, dy) per pixel
-        off = torch.randint(-delta, delta, (b, len(hs), len(ws), 2), generator=generator, device=gdev)
-        off = off.to(x.device)
+        off = _randint(-delta, delta, (b, len(hs), len(ws), 2), generator, x.device)
         dx, dy = off[..., 0], off[..., 1]
         if delta == 1:
             src_h = hs.to(x.device).view(1, -1, 1) + dy
@@ -569,50 +581,42 @@ def _c_snow(x01: torch.Tensor, severity: int, generator: Generator = None) -> to
     return _finish(x + layer + torch.flip(layer, dims=(-2, -1)), x01)
 
 
-def _frost_texture(b: int, h: int, w: int, generator: Generator, device) -> torch.Tensor:
-    """A procedural frost-like RGB texture (B, 3, H, W) in [0, 1] (SYNTHETIC, see module doc).
+#: the five frost photographs CIFAR-10-C draws from (see the module docstring)
+FROST_ASSET = Path(__file__).resolve().parent / "assets" / "frost_cifar.npz"
 
-    Haze: a plasma fractal (rough, wibble decay 1.6). Crystals: 14 thin straight streaks per
-    image at random positions, angles and lengths (3 to 14 px), splatted bilinearly with random
-    brightness and lightly blurred, plus fine speckle. Colour: light blue-white
-    (R, G, B) = (0.84, 0.92, 1.0) x intensity.
-    """
-    haze = _plasma_fractal(b, 32, 1.6, generator, "cpu")
-    if (h, w) != (32, 32):
-        haze = F.interpolate(haze.unsqueeze(1), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-    n_seg, n_pts = 14, 32
-    cx = _uniform((b, n_seg, 1), 0, w - 1, generator, "cpu")
-    cy = _uniform((b, n_seg, 1), 0, h - 1, generator, "cpu")
-    ang = _uniform((b, n_seg, 1), 0, math.pi, generator, "cpu")
-    length = _uniform((b, n_seg, 1), 3, 14, generator, "cpu")
-    bright = _uniform((b, n_seg, 1), 0.25, 0.7, generator, "cpu")
-    t = torch.linspace(-0.5, 0.5, n_pts).view(1, 1, n_pts)
-    px = (cx + t * length * torch.cos(ang)).reshape(b, -1)
-    py = (cy + t * length * torch.sin(ang)).reshape(b, -1)
-    val = (bright * (length / n_pts)).expand(b, n_seg, n_pts).reshape(b, -1)
-    streaks = torch.zeros(b, h * w)
-    x0, y0 = torch.floor(px), torch.floor(py)
-    for ox in (0, 1):
-        for oy in (0, 1):
-            xi, yi = x0 + ox, y0 + oy
-            wgt = (1 - (px - xi).abs()).clamp_min(0) * (1 - (py - yi).abs()).clamp_min(0)
-            ok = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-            idx = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
-            streaks.scatter_add_(1, idx, val * wgt * ok)
-    streaks = _gaussian_blur(streaks.view(b, 1, h, w), 0.5)[:, 0]
-    speckle = 0.12 * _rand((b, h, w), generator, "cpu")
-    inten = (0.45 * haze + 1.6 * streaks + speckle).clamp(0, 1)
-    tint = torch.tensor([0.84, 0.92, 1.0]).view(1, 3, 1, 1)
-    return (inten.unsqueeze(1) * tint).to(device)
+
+@functools.lru_cache(maxsize=1)
+def frost_images() -> tuple[torch.Tensor, ...]:
+    """The five shrunk frost photographs as float (3, H, W) tensors in [0, 1]."""
+    try:
+        with np.load(FROST_ASSET) as data:
+            return tuple(torch.from_numpy(np.array(data[f"frost{i}"])).permute(2, 0, 1).float() / 255.0 for i in range(1, 6))
+    except (OSError, KeyError, ValueError) as exc:
+        raise CorruptionUnavailable(f"frost photographs unreadable ({FROST_ASSET}): {exc}") from exc
 
 
 def _c_frost(x01: torch.Tensor, severity: int, generator: Generator = None) -> torch.Tensor:
-    """c0 * x + c1 * frost, with a *synthetic* procedural frost texture (see module docstring)."""
+    """``c0 * x + c1 * crop``: a uniformly placed (H, W) crop of one of the five frost photographs.
+
+    As the CIFAR generator: the photograph is ``randint(5)``, the crop's top-left corner is
+    uniform over ``[0, height - H) x [0, width - W)`` of the shrunk photograph.
+    """
     _check(x01)
     a, f = _severity("frost", severity)
     x = x01.float()
     b, _, h, w = x.shape
-    frost = _frost_texture(b, h, w, generator, x.device)
+    photos = frost_images()
+    if any(p.shape[1] <= h or p.shape[2] <= w for p in photos):
+        raise CorruptionUnavailable(f"frost photographs are too small for {h}x{w} images")
+    which = _randint(0, len(photos), (b,), generator, "cpu")
+    corner = _rand((b, 2), generator, "cpu")
+    crops = []
+    for i in range(b):
+        photo = photos[int(which[i])]
+        top = int(corner[i, 0] * (photo.shape[1] - h))
+        left = int(corner[i, 1] * (photo.shape[2] - w))
+        crops.append(photo[:, top : top + h, left : left + w])
+    frost = torch.stack(crops).to(x.device) if crops else torch.zeros_like(x)
     return _finish(a * x + f * frost, x01)
 
 

@@ -1,34 +1,34 @@
-"""Model cost: parameters, FLOPs (fvcore with extra op handles) and latency.
+"""Model cost: parameters, FLOPs (fvcore with the project's op handles) and latency.
 
-FLOP convention (documented once, used everywhere)
---------------------------------------------------
-fvcore counts **one fused multiply-add as one FLOP** for matrix products (linear, matmul, bmm,
-conv, einsum) and ``5 * numel`` for an affine ``layer_norm`` (4 without affine). fvcore has no
-handle for, or ignores, many ops that matter when the norms differ (``tanh`` in DyT, the gate's
-``sigmoid``, ``lerp``/``mul``/``add`` of the blend, ``mean``/``var`` of statistics) and for the
-fused attention ``aten::scaled_dot_product_attention``. This module registers:
+FLOP convention (one, used in every file: ``profile.json``, the tables, ``scripts/bench.py``)
+--------------------------------------------------------------------------------------------
+**Every arithmetic operation on one element is one FLOP; a multiply-add is two** (the convention
+of the literature and of the DyT and AFN papers). Per sample (a batch of one), forward pass:
 
-* matrix-product-like, one FLOP per multiply-add:
-  ``scaled_dot_product_attention`` with q (..., L, E), k (..., S, E), v (..., S, Ev):
-  ``batch * L * S * (E + Ev)`` for QK^T and AV, plus ``4 * batch * L * S`` for the scaling (1)
-  and the softmax (3) of the score matrix (same per-element costs as below);
-* element-wise ops, **one FLOP per output element**: add, sub, rsub, mul, div, neg, abs, exp,
-  log, sqrt, rsqrt, pow, reciprocal, tanh, sigmoid, gelu, silu, relu, softplus, erf, maximum,
-  minimum (and in-place variants); ``addcmul``/``addcdiv``: 2 per element; ``lerp``: 3 per
-  element (sub, mul, add);
-* reductions, per **input** element: ``mean``/``sum``: 1; ``var``/``std`` (and ``var_mean`` /
-  ``std_mean``): 3 (mean, subtract, square-accumulate); ``softmax`` / ``log_softmax``: 3
-  (exp, accumulate, divide);
-* ``layer_norm`` / ``native_layer_norm``: fvcore's ``5 * numel`` (affine) / ``4 * numel``.
+* matrix products (linear, matmul, mm, bmm, addmm, convolution, einsum): ``2`` per multiply-add
+  (fvcore's counts, which are one per multiply-add, doubled), plus ``1`` per output element for a
+  bias;
+* ``scaled_dot_product_attention`` with q (..., L, E), k (..., S, E), v (..., S, Ev):
+  ``2 * L * S * (E + Ev)`` per batch-head for QK^T and AV, plus ``5 * L * S`` for the scaling
+  (1) and the softmax (4) of the score matrix;
+* element-wise ops, one per output element: add, sub, rsub, mul, div, neg, abs, exp, log, sqrt,
+  rsqrt, pow, reciprocal, square, and every activation (tanh, sigmoid, gelu, silu, relu,
+  softplus, erf) counts 1; ``addcmul``/``addcdiv`` 2; ``lerp`` 3 (sub, mul, add);
+* reductions, per input element: ``mean``/``sum`` 1; ``var``/``std`` (and ``var_mean`` /
+  ``std_mean``) 4 (mean, subtract, square, accumulate); ``softmax`` / ``log_softmax`` 4
+  (subtract the maximum, exp, accumulate, divide);
+* ``layer_norm``: 7 per element with an affine (mean 1, centre 1, variance 2, scale 1, affine 2),
+  5 without; ``batch_norm`` at inference: 2 per element (the folded affine).
 
-Data movement (view, reshape, cat, indexing, comparisons, clamp) counts 0, as in fvcore. The
-``norm`` cost is fvcore's ``by_module`` total over the model's ``norm_points()`` (every injected
-norm module, gates included), so ``total - norm`` is the same for every norm choice.
+Data movement (view, reshape, cat, indexing), comparisons, max/min selection and clamp count 0.
+The ``norm`` cost is fvcore's ``by_module`` total over the model's ``norm_points()`` (every
+injected norm module, gates included), so ``total - norm`` is the same for every norm choice.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 import time
 import warnings
@@ -38,14 +38,34 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-__all__ = ["FLOP_CONVENTION", "count_flops", "count_params", "measure_latency", "profile_model"]
+__all__ = [
+    "FLOP_CONVENTION",
+    "MATRIX_OPS",
+    "count_flops",
+    "count_params",
+    "interleaved_latency",
+    "measure_latency",
+    "profile_model",
+]
 
 FLOP_CONVENTION = (
-    "fvcore: 1 FLOP per multiply-add for matrix products (incl. scaled_dot_product_attention "
-    "QK^T and AV); element-wise ops 1 per output element (addcmul/addcdiv 2, lerp 3); mean/sum 1 "
-    "and var/std 3 per input element; softmax 3 per element (+1 attention scaling); layer_norm "
-    "5 per element (affine); per sample (batch of 1)."
+    "2 FLOPs per multiply-add (matrix products, convolutions, attention QK^T and AV) + 1 per "
+    "bias element; element-wise ops 1 per output element (addcmul/addcdiv 2, lerp 3); mean/sum 1, "
+    "var/std 4, softmax 4 per input element (+1 attention scaling); layer_norm 7 per element "
+    "(affine), batch_norm 2; forward pass, per sample (batch of 1); fvcore with project handles."
 )
+
+#: fvcore's matrix-product ops (one per multiply-add there; doubled here) and the input holding
+#: the bias (None: no bias argument)
+MATRIX_OPS: dict[str, Optional[int]] = {
+    "aten::linear": 2,
+    "aten::addmm": 0,
+    "aten::_convolution": 2,
+    "aten::matmul": None,
+    "aten::mm": None,
+    "aten::bmm": None,
+    "aten::einsum": None,
+}
 
 
 def _shape(val: Any) -> Optional[list[int]]:
@@ -76,8 +96,30 @@ def _per_input(scale: float):
     return handle
 
 
+def _matrix(op: str, bias_arg: Optional[int]):
+    """fvcore's handle for ``op`` doubled (2 FLOPs per multiply-add), plus the bias additions."""
+    from fvcore.nn.flop_count import _DEFAULT_SUPPORTED_OPS
+
+    base = _DEFAULT_SUPPORTED_OPS[op]
+
+    def handle(inputs: list, outputs: list) -> int:
+        counted = base(inputs, outputs)  # an int, or a Counter {op: count} for some handles
+        flops = 2 * int(sum(counted.values()) if hasattr(counted, "values") else counted)
+        if bias_arg is not None and len(inputs) > bias_arg and _shape(inputs[bias_arg]) is not None and outputs:
+            flops += _numel(outputs[0])
+        return flops
+
+    return handle
+
+
+def _layer_norm(inputs: list, outputs: list) -> int:
+    """7 FLOPs per element with an affine weight (input 2 of aten::layer_norm), 5 without."""
+    affine = len(inputs) > 2 and _shape(inputs[2]) is not None
+    return (7 if affine else 5) * _numel(inputs[0])
+
+
 def _sdpa_flop(inputs: list, outputs: list) -> int:
-    """QK^T and AV (multiply-adds) + scaling and softmax of the (L, S) scores per batch-head."""
+    """QK^T and AV (2 per multiply-add) + scaling and softmax of the (L, S) scores per batch-head."""
     q, k, v = (_shape(t) for t in inputs[:3])
     if q is None or k is None or v is None:
         return 0
@@ -85,7 +127,7 @@ def _sdpa_flop(inputs: list, outputs: list) -> int:
     length, e = q[-2], q[-1]
     s, ev = k[-2], v[-1]
     scores = batch * length * s
-    return int(scores * (e + ev) + 4 * scores)
+    return int(2 * scores * (e + ev) + 5 * scores)
 
 
 _ELEMENTWISE_1 = [
@@ -97,9 +139,7 @@ _ELEMENTWISE_1 = [
 
 def _extra_handles() -> dict[str, Any]:
     """Op name -> fvcore handle for everything the defaults miss (see module docstring)."""
-    from fvcore.nn.jit_handles import norm_flop_counter
-
-    handles: dict[str, Any] = {}
+    handles: dict[str, Any] = {op: _matrix(op, bias) for op, bias in MATRIX_OPS.items()}
     for op in _ELEMENTWISE_1:
         handles[f"aten::{op}"] = _per_output(1)
         handles[f"aten::{op}_"] = _per_output(1)
@@ -107,13 +147,13 @@ def _extra_handles() -> dict[str, Any]:
         handles[f"aten::{op}"] = _per_output(scale)
         handles[f"aten::{op}_"] = _per_output(scale)
     for op, scale in (
-        ("mean", 1), ("sum", 1), ("var", 3), ("std", 3), ("var_mean", 3), ("std_mean", 3),
-        ("softmax", 3), ("_softmax", 3), ("log_softmax", 3), ("_log_softmax", 3),
+        ("mean", 1), ("sum", 1), ("var", 4), ("std", 4), ("var_mean", 4), ("std_mean", 4),
+        ("softmax", 4), ("_softmax", 4), ("log_softmax", 4), ("_log_softmax", 4),
     ):  # fmt: skip
         handles[f"aten::{op}"] = _per_input(scale)
     handles["aten::scaled_dot_product_attention"] = _sdpa_flop
-    handles["aten::layer_norm"] = norm_flop_counter(2)
-    handles["aten::native_layer_norm"] = norm_flop_counter(2)
+    handles["aten::layer_norm"] = _layer_norm
+    handles["aten::native_layer_norm"] = _layer_norm  # batch_norm: fvcore's (2 per element in eval)
     return handles
 
 
@@ -287,10 +327,12 @@ def profile_model(
 
     Returns ``{"params": count_params, "flops": count_flops | None, "latency": measure_latency |
     None, "params_total": int, "flops_per_sample": int | None, "norm_flops_per_sample": int |
-    None, "latency_ms_per_sample": float | None}``. ``latency_ms_per_sample`` is the median per
-    sample at the *largest* batch size (throughput); the per-batch-size numbers are in
-    ``latency``. A failing FLOP count or latency measurement is reported as a warning, None and
-    an ``"<part>_error"`` string, not an exception.
+    None, "flop_convention": str, "latency_ms_per_sample": float | None}``.
+    ``latency_ms_per_sample`` means, in every file of the project, the median forward time of one
+    image at batch size 1 in ms (None when batch 1 is not measured); other batch sizes are in
+    ``latency``. This measurement is a single run's, right after training; tables measure their
+    rows' models together (:func:`interleaved_latency`). A failing FLOP count or latency
+    measurement is reported as a warning, None and an ``"<part>_error"`` string, not an exception.
     """
     if device is not None:
         model.to(device)
@@ -303,6 +345,7 @@ def profile_model(
         out["flops"], out["flops_error"] = None, f"{type(exc).__name__}: {exc}"
     out["flops_per_sample"] = out["flops"]["total"] if out["flops"] else None
     out["norm_flops_per_sample"] = out["flops"]["norm"] if out["flops"] else None
+    out["flop_convention"] = FLOP_CONVENTION
     out["latency"] = None
     out["latency_ms_per_sample"] = None
     if latency and batch_sizes:
@@ -316,9 +359,72 @@ def profile_model(
                 in_chans=in_chans,
                 num_threads=num_threads,
             )
-            largest = str(max(int(b) for b in batch_sizes))
-            out["latency_ms_per_sample"] = out["latency"]["ms_per_sample"][largest]
+            out["latency_ms_per_sample"] = out["latency"]["ms_per_sample"].get("1")
         except Exception as exc:  # noqa: BLE001
             warnings.warn(f"latency measurement failed: {type(exc).__name__}: {exc}", RuntimeWarning, stacklevel=2)
             out["latency_error"] = f"{type(exc).__name__}: {exc}"
     return out
+
+
+def interleaved_latency(
+    models: dict[str, nn.Module],
+    batch_sizes: Sequence[int] = (1, 256),
+    threads: Optional[int] = None,
+    rounds: int = 7,
+    warmup: int = 3,
+    min_block_s: float = 0.05,
+    img_size: int = 32,
+    in_chans: int = 3,
+) -> dict:
+    """Forward latency of several models measured together, so that they compare.
+
+    One process, ``threads`` torch threads for all (default: the current count), eval mode under
+    ``torch.inference_mode`` on the CPU. Per batch size: ``warmup`` untimed forwards of every
+    model; then ``rounds`` rounds in which every model is timed once (a
+    ``torch.utils.benchmark.Timer`` block of enough forwards to last ``min_block_s``), the order
+    rotating by one model each round so that none always runs first or after the same neighbour;
+    each model's figure is the median over rounds of the per-forward time.
+
+    Returns ``{"models": {name: {"ms_per_sample": {"<bs>": float}, "images_per_s": {"<bs>":
+    float}}}, "threads", "rounds", "warmup", "batch_sizes", "device"}``: ``ms_per_sample`` is the
+    median forward time divided by the batch size (at batch 1: the latency of one image),
+    ``images_per_s`` its inverse.
+    """
+    from torch.utils.benchmark import Timer
+
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    threads = int(threads or torch.get_num_threads())
+    names = list(models)
+    states = {n: models[n].training for n in names}
+    for n in names:
+        models[n].eval().cpu()
+    result: dict[str, Any] = {n: {"ms_per_sample": {}, "images_per_s": {}} for n in names}
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for bs in batch_sizes:
+            x = torch.randn(int(bs), in_chans, img_size, img_size, generator=torch.Generator().manual_seed(0))
+            timers, number = {}, {}
+            with torch.inference_mode():
+                for n in names:
+                    for _ in range(max(int(warmup), 1)):
+                        models[n](x)
+                    timers[n] = Timer("model(x)", globals={"model": models[n], "x": x, "torch": torch},
+                                      num_threads=threads, setup="torch.set_grad_enabled(False)")
+                    once = timers[n].timeit(1).median
+                    number[n] = max(1, int(math.ceil(min_block_s / max(once, 1e-9))))
+                times: dict[str, list[float]] = {n: [] for n in names}
+                for r in range(int(rounds)):
+                    for n in names[r % len(names):] + names[: r % len(names)]:
+                        times[n].append(timers[n].timeit(number[n]).median)
+            for n in names:
+                med = statistics.median(times[n])
+                result[n]["ms_per_sample"][str(bs)] = 1000.0 * med / int(bs)
+                result[n]["images_per_s"][str(bs)] = int(bs) / med
+    finally:
+        torch.set_num_threads(old_threads)
+        for n in names:
+            models[n].train(states[n])
+    return {"models": result, "threads": threads, "rounds": int(rounds), "warmup": int(warmup),
+            "batch_sizes": [int(b) for b in batch_sizes], "device": "cpu"}

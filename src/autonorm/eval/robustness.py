@@ -2,18 +2,22 @@
 
 Protocol
 --------
-* Every method is scored on the *very same* perturbed images: :func:`make_fixed_sets` draws the
-  Gaussian noise and the rotation angles from generators seeded only by ``seed`` (and a fixed
-  tag per perturbation), in fixed-size chunks, so the sets depend on the images and the seed and
-  nothing else (not on the model, the batch size or the device).
+* Every method is scored on the *very same* perturbed images, and every perturbation is
+  prefix-stable: image i of the test set is perturbed with a generator of its own, seeded by
+  ``seed``, a tag naming the perturbation (and corruption and severity) and i. So the sets depend
+  on the images and the seed and nothing else (not on the model, the batch size, the device or
+  how many images are evaluated: the first N images of a capped evaluation are perturbed exactly
+  as in the full one).
 * CIFAR-10-C (Hendrycks & Dietterich, 2019, "Benchmarking Neural Network Robustness to Common
-  Corruptions and Perturbations"): if ``cifar10c_dir`` holds the released files
-  ``<corruption>.npy`` (50000, 32, 32, 3) uint8 (severities 1..5 stacked, 10000 each) and
-  ``labels.npy``, they are used; otherwise the corruption is generated on the fly from the given
-  test images with :mod:`autonorm.eval.corruptions` (seeded per corruption and severity). The
-  released files are CIFAR-10 test images: only use them for a CIFAR-10 classifier. The source
-  of each corruption is reported (``"npy"``, ``"generated"`` or ``"generated-synthetic"`` for
-  the procedural frost texture).
+  Corruptions and Perturbations"): for a model evaluated on CIFAR-10 (``dataset="cifar10"``),
+  if ``cifar10c_dir`` holds the released files ``<corruption>.npy`` (50000, 32, 32, 3) uint8
+  (severities 1..5 stacked, 10000 each, in the CIFAR-10 test file's order) and ``labels.npy``,
+  they are used, indexed like the clean set (``test_index``: position of each evaluated image in
+  the test file), and their labels are checked against the clean set's. For any other data set,
+  and for missing files, the corruption is generated on the fly from the given test images with
+  :mod:`autonorm.eval.corruptions`. The source of each corruption is reported (``"npy"`` or
+  ``"generated"``). The released files corrupt the original CIFAR-10 test images: with a
+  ``cifar10.npz`` that is a re-encoded copy, the clean images differ slightly from theirs.
 * A corruption that cannot be produced or scored gives a warning and ``None`` cells, never a
   number.
 
@@ -32,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .corruptions import CIFAR10C_CORRUPTIONS, CORRUPTIONS, SYNTHETIC_CORRUPTIONS, gaussian_noise, rotate
+from .corruptions import CIFAR10C_CORRUPTIONS, CORRUPTIONS, gaussian_noise, rotate
 
 __all__ = [
     "GEN_CHUNK",
@@ -45,8 +49,11 @@ __all__ = [
     "mce",
 ]
 
-#: images per generation chunk (fixed so that generated sets do not depend on the batch size)
+#: images per generation chunk (the images' values do not depend on it: one generator per image)
 GEN_CHUNK = 500
+
+#: the data set whose test images the released CIFAR-10-C files corrupt
+CIFAR10C_DATASET = "cifar10"
 
 Normalize = Callable[[torch.Tensor], torch.Tensor]
 Cell = Optional[float]
@@ -77,14 +84,17 @@ def _check_images(x: torch.Tensor) -> None:
 
 
 def _generate(
-    x_uint8: torch.Tensor, fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor], seed: int
+    x_uint8: torch.Tensor, fn: Callable[[torch.Tensor, list[torch.Generator]], torch.Tensor], seed: int
 ) -> torch.Tensor:
-    """Apply ``fn(x01_chunk, generator)`` chunk by chunk (CPU) and return uint8 images."""
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    """Apply ``fn(x01_chunk, generators)`` chunk by chunk (CPU) and return uint8 images.
+
+    Image i gets its own generator seeded by ``(seed, i)``: its perturbation depends on nothing
+    else (prefix-stable)."""
     out = []
     for i in range(0, x_uint8.shape[0], GEN_CHUNK):
         chunk = _to_float01(x_uint8[i : i + GEN_CHUNK].cpu())
-        out.append(_to_uint8(fn(chunk, gen)))
+        gens = [torch.Generator(device="cpu").manual_seed(_derive_seed(seed, j)) for j in range(i, i + chunk.shape[0])]
+        out.append(_to_uint8(fn(chunk, gens)))
     if not out:
         return x_uint8.new_empty(x_uint8.shape, dtype=torch.uint8).cpu()
     return torch.cat(out)
@@ -170,9 +180,11 @@ def accuracy(
 
 
 def _load_cifar10c(
-    cifar10c_dir: Optional[str], name: str, severity: int, n: Optional[int]
-) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
-    """Real CIFAR-10-C images (n, 3, 32, 32) uint8 and labels for one cell, or None if absent."""
+    cifar10c_dir: Optional[str], name: str, severity: int, index: torch.Tensor, y: torch.Tensor
+) -> Optional[torch.Tensor]:
+    """Released CIFAR-10-C images (n, 3, 32, 32) uint8 of one cell at the test-file positions
+    ``index`` (those of the clean set), or None if the files are absent. Raises ValueError when
+    the files' labels at those positions are not the clean set's ``y`` (a different order)."""
     if not cifar10c_dir:
         return None
     path = os.path.join(cifar10c_dir, f"{name}.npy")
@@ -187,11 +199,13 @@ def _load_cifar10c(
             f"got {data.shape} and {labels.shape}"
         )
     per = data.shape[0] // 5
-    lo = (severity - 1) * per
-    hi = lo + (per if n is None else min(per, n))
-    x = torch.from_numpy(np.array(data[lo:hi], dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
-    y = torch.from_numpy(np.array(labels[lo:hi])).long()
-    return x, y
+    idx = np.asarray(index.cpu().numpy(), dtype=np.int64)
+    if idx.size and (idx.min() < 0 or idx.max() >= per):
+        raise ValueError(f"{path}: test positions up to {idx.max()} but {per} images per severity")
+    rows = (severity - 1) * per + idx
+    if not np.array_equal(np.asarray(labels[rows], dtype=np.int64), y.cpu().numpy().astype(np.int64)):
+        raise ValueError(f"{path}: labels at the clean set's positions differ from the clean labels")
+    return torch.from_numpy(np.array(data[rows], dtype=np.uint8)).permute(0, 3, 1, 2).contiguous()
 
 
 def _mean(values: Sequence[Cell]) -> Cell:
@@ -215,6 +229,8 @@ def evaluate_robustness(
     max_images: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,
     corruptions: Optional[Sequence[str]] = None,
+    dataset: Optional[str] = None,
+    test_index: Optional[torch.Tensor] = None,
 ) -> dict:
     """Clean, noise, rotation (and optionally CIFAR-10-C) accuracy of ``model``.
 
@@ -225,10 +241,14 @@ def evaluate_robustness(
         sigma, max_deg, seed: parameters of :func:`make_fixed_sets`.
         batch_size: evaluation batch size (results do not depend on it).
         cifar10c: also evaluate the 15 CIFAR-10-C corruptions at ``severities``.
-        cifar10c_dir: folder with the released ``<corruption>.npy`` + ``labels.npy``; missing
-            files are generated on the fly from ``x_uint8`` / ``y``.
-        max_images: use only the first ``max_images`` test images (and the first ``max_images``
-            images of each released CIFAR-10-C severity); None = all.
+        cifar10c_dir: folder with the released ``<corruption>.npy`` + ``labels.npy``, used only
+            when ``dataset == "cifar10"``; otherwise (and for missing files) the corruptions are
+            generated on the fly from ``x_uint8`` / ``y``.
+        max_images: use only the first ``max_images`` test images (the released files at the
+            same test positions); None = all.
+        dataset: name of the data set the images come from (``data.name``).
+        test_index: position of each of ``x_uint8``'s images in the test file (the order of the
+            released files); default ``0 .. N-1``.
         device: where the model runs (default: where its parameters are). The model is *moved*
             there if given.
         corruptions: subset of CIFAR-10-C corruption names (default: all 15).
@@ -241,19 +261,22 @@ def evaluate_robustness(
              # only with cifar10c=True:
              "cifar10c": {corruption: {"1": acc | None, ..., "5": ...}},   # str severity keys
              "cifar10c_mean": {corruption: mean over severities | None},
-             "c_mean_acc": mean over corruptions with complete rows | None,
-             "cifar10c_source": {corruption: "npy" | "generated" | "generated-synthetic"
-                                 | "unavailable"},
+             "c_mean_acc": mean over all cells | None (None unless every cell was scored),
+             "cifar10c_source": {corruption: "npy" | "generated" | "unavailable"},
              "cifar10c_missing": [corruption, ...]}   # rows with at least one None cell
 
-        ``cifar10c_mean`` is None for a corruption with any missing severity, and ``c_mean_acc``
-        averages only complete corruptions (equal to the mean of all cells when none is missing).
+        ``cifar10c_mean`` is None for a corruption with any missing severity, and ``c_mean_acc`` is
+        None when any corruption is (an average over a subset would not compare with others').
     """
     _check_images(x_uint8)
     if x_uint8.shape[0] != y.shape[0]:
         raise ValueError(f"{x_uint8.shape[0]} images but {y.shape[0]} labels")
+    if test_index is None:
+        test_index = torch.arange(x_uint8.shape[0])
+    if test_index.shape[0] != x_uint8.shape[0]:
+        raise ValueError(f"{x_uint8.shape[0]} images but {test_index.shape[0]} test positions")
     if max_images is not None:
-        x_uint8, y = x_uint8[: int(max_images)], y[: int(max_images)]
+        x_uint8, y, test_index = x_uint8[: int(max_images)], y[: int(max_images)], test_index[: int(max_images)]
     x_uint8 = x_uint8.cpu()
     if x_uint8.dtype != torch.uint8:
         x_uint8 = _to_uint8(x_uint8.float())
@@ -278,6 +301,7 @@ def evaluate_robustness(
         return result
 
     names = list(corruptions) if corruptions is not None else list(CIFAR10C_CORRUPTIONS)
+    released_dir = cifar10c_dir if dataset == CIFAR10C_DATASET else None
     table: dict[str, dict[str, Cell]] = {}
     source: dict[str, str] = {}
     for name in names:
@@ -289,13 +313,13 @@ def evaluate_robustness(
             try:
                 if name not in CORRUPTIONS:
                     raise KeyError(f"unknown corruption {name!r}")
-                real = _load_cifar10c(cifar10c_dir, name, sev, max_images)
+                real = _load_cifar10c(released_dir, name, sev, test_index, y)
                 if real is not None:
-                    cell = acc(*real)
+                    cell = acc(real, y)
                     used.append("npy")
                 else:
                     cell = acc(make_corrupted_set(x_uint8, name, sev, seed), y)
-                    used.append("generated-synthetic" if name in SYNTHETIC_CORRUPTIONS else "generated")
+                    used.append("generated")
             except Exception as exc:  # noqa: BLE001 - any failure becomes an empty cell
                 warnings.warn(
                     f"CIFAR-10-C {name} severity {sev} unavailable ({type(exc).__name__}: {exc}); "
@@ -314,7 +338,7 @@ def evaluate_robustness(
         {
             "cifar10c": table,
             "cifar10c_mean": means,
-            "c_mean_acc": float(sum(complete) / len(complete)) if complete else None,
+            "c_mean_acc": float(sum(complete) / len(complete)) if complete and len(complete) == len(means) else None,
             "cifar10c_source": source,
             "cifar10c_missing": [name for name, m in means.items() if m is None],
         }
@@ -373,17 +397,15 @@ def mce(errors_by_corruption: CellsByCorruption, baseline_errors_by_corruption: 
 
     ``mCE = mean_c CE_c`` with ``CE_c = sum_s E_{s,c} / sum_s E^base_{s,c}`` (errors, not
     accuracies: use :func:`errors_from_accuracies`), the baseline being the LayerNorm ViT. Here
-    mCE is a ratio (1.0 = as robust as the baseline), not a percentage. Corruptions whose CE is
-    None (see :func:`corruption_errors`) are left out with a warning; None if none is left.
+    mCE is a ratio (1.0 = as robust as the baseline), not a percentage. Both sides must have the
+    same complete cells: if any corruption's CE is None (see :func:`corruption_errors`), mCE is
+    None and a warning names the missing corruptions (an average over a subset is not an mCE).
     """
     ces = corruption_errors(errors_by_corruption, baseline_errors_by_corruption)
     missing = [name for name, v in ces.items() if v is None]
     valid = [v for v in ces.values() if v is not None]
-    if missing:
-        warnings.warn(
-            f"mCE: no corruption error for {missing}; averaged over {len(valid)}", RuntimeWarning, stacklevel=2
-        )
-    if not valid:
+    if missing or not valid:
+        warnings.warn(f"mCE: no corruption error for {missing or 'any corruption'}; mCE left empty", RuntimeWarning, stacklevel=2)
         return None
     value = float(sum(valid) / len(valid))
     return value if math.isfinite(value) else None

@@ -1,4 +1,4 @@
-"""File-system pipeline utilities: atomic writes, run markers, the phase cache and the baseline table.
+"""File-system pipeline utilities: atomic writes, run markers, the phase cache and the results table.
 
 Touches the file system only (no models, norms, data or tasks are imported here).
 """
@@ -15,7 +15,7 @@ from .io import (
     mark_failed,
     read_marker,
 )
-from .table import COLUMNS, TablePaths, build_table, collect_runs, render_markdown, write_table
+from .table import TablePaths, build_report, collect_runs, write_table
 
 __all__ = [
     "atomic_path",
@@ -29,10 +29,8 @@ __all__ = [
     "read_marker",
     "config_key",
     "PhaseCache",
-    "COLUMNS",
     "TablePaths",
+    "build_report",
     "collect_runs",
-    "build_table",
-    "render_markdown",
     "write_table",
 ]

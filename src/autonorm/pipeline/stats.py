@@ -1,0 +1,116 @@
+"""Statistics for tables: summaries over seeds and paired comparisons with Holm's correction.
+
+* :func:`summary`: mean, sample standard deviation (ddof=1; None for a single value: one run has
+  no spread) and n.
+* :func:`paired_t`: the paired t-test of two methods' per-seed values (scipy.stats.ttest_rel),
+  with the mean difference and its t confidence interval.
+* :func:`holm`: Holm's step-down adjustment of a family of p-values (Holm, 1979, "A simple
+  sequentially rejective multiple test procedure").
+* :func:`compare_methods`: every pair of methods (or every method against one baseline), paired
+  by seed, Holm-adjusted over the family; a difference is a finding only when its adjusted
+  p-value is below ``alpha``. Reusable by any table section: it takes ``{method: {seed: value}}``.
+"""
+
+from __future__ import annotations
+
+import math
+from itertools import combinations
+from typing import Any, Hashable, Mapping, Optional, Sequence
+
+import numpy as np
+
+__all__ = ["compare_methods", "holm", "paired_t", "summary"]
+
+
+def summary(values: Sequence[float]) -> Optional[dict[str, Any]]:
+    """``{"mean", "std", "n"}`` of ``values`` (std: ddof=1, None when n == 1); None when empty."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None
+    arr = np.asarray(vals, dtype=np.float64)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size >= 2 else None, "n": int(arr.size)}
+
+
+def paired_t(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
+    """Paired t-test of ``a`` against ``b`` (same length, pair i = seed i).
+
+    Returns ``{"n", "mean_diff", "ci": (low, high), "t", "p"}`` for ``a - b`` (two-sided). With
+    fewer than two pairs there is no test (``t``, ``p``, ``ci`` None). Identical differences
+    (zero variance) give p = 1 when their mean is 0 and p = 0 otherwise (scipy's limits).
+    """
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"paired values need equal 1-D lengths, got {x.shape} and {y.shape}")
+    d = x - y
+    out: dict[str, Any] = {"n": int(d.size), "mean_diff": float(d.mean()) if d.size else None, "ci": None, "t": None, "p": None}
+    if d.size < 2:
+        return out
+    sd = float(d.std(ddof=1))
+    if sd == 0.0:
+        out.update(t=math.copysign(math.inf, out["mean_diff"]) if out["mean_diff"] else 0.0,
+                   p=1.0 if out["mean_diff"] == 0 else 0.0, ci=(out["mean_diff"], out["mean_diff"]))
+        return out
+    res = stats.ttest_rel(x, y)
+    half = float(stats.t.ppf(0.5 + confidence / 2, d.size - 1)) * sd / math.sqrt(d.size)
+    out.update(t=float(res.statistic), p=float(res.pvalue), ci=(out["mean_diff"] - half, out["mean_diff"] + half))
+    return out
+
+
+def holm(pvalues: Sequence[Optional[float]]) -> list[Optional[float]]:
+    """Holm-adjusted p-values in the input order (None stays None and is not counted).
+
+    The k-th smallest of m p-values is multiplied by m - k + 1, running maxima keep the order,
+    and values are capped at 1.
+    """
+    idx = [i for i, p in enumerate(pvalues) if p is not None]
+    m = len(idx)
+    out: list[Optional[float]] = [None] * len(pvalues)
+    running = 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):  # type: ignore[arg-type,return-value]
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))  # type: ignore[arg-type]
+        out[i] = running
+    return out
+
+
+def compare_methods(
+    per_seed: Mapping[str, Mapping[Hashable, float]],
+    baseline: Optional[str] = None,
+    alpha: float = 0.05,
+    confidence: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Paired-by-seed comparisons of methods with Holm's correction over all of them.
+
+    Args:
+        per_seed: ``{method: {seed: value}}``; only seeds both methods have are paired.
+        baseline: compare every method to this one only (fewer tests); None: every pair.
+        alpha: family-wise error rate for the wording.
+        confidence: level of the interval of the mean difference.
+
+    Returns one dict per pair ``(a, b)`` (a listed before b in ``per_seed``, or b the baseline):
+    ``{"a", "b", "n", "seeds", "mean_diff", "ci", "t", "p", "p_holm", "finding"}`` where
+    ``finding`` is ``"a > b"`` / ``"a < b"`` when ``p_holm < alpha``, ``"no significant
+    difference"`` otherwise, and ``"not testable (n paired seeds)"`` below two pairs.
+    """
+    names = list(per_seed)
+    if baseline is not None:
+        if baseline not in per_seed:
+            raise KeyError(f"baseline {baseline!r} is not one of {names}")
+        pairs = [(m, baseline) for m in names if m != baseline]
+    else:
+        pairs = list(combinations(names, 2))
+    out = []
+    for a, b in pairs:
+        seeds = sorted(set(per_seed[a]) & set(per_seed[b]), key=lambda s: (str(type(s)), s))
+        res = paired_t([per_seed[a][s] for s in seeds], [per_seed[b][s] for s in seeds], confidence)
+        out.append({"a": a, "b": b, "seeds": seeds, **res})
+    for row, p_adj in zip(out, holm([r["p"] for r in out])):
+        row["p_holm"] = p_adj
+        if p_adj is None:
+            row["finding"] = f"not testable ({row['n']} paired seed{'s' if row['n'] != 1 else ''})"
+        elif p_adj < alpha:
+            row["finding"] = "a > b" if row["mean_diff"] > 0 else "a < b"
+        else:
+            row["finding"] = "no significant difference"
+    return out

@@ -509,6 +509,9 @@ def write_table(
     atomic_write_text(paths.csv, _csv_text(per_run))
     markdown = render_markdown(per_run, per_method, sweep_dir=sweep_dir)
     corruptions = render_corruptions(corruption_table(runs))
-    atomic_write_text(paths.md, markdown + ("\n" + corruptions if corruptions else ""))
+    from .dg_table import render_dg  # the domain-generalisation section ("" without domain results)
+
+    dg = render_dg(runs)
+    atomic_write_text(paths.md, markdown + ("\n" + corruptions if corruptions else "") + ("\n" + dg if dg else ""))
     _plot(per_method, paths.png)
     return paths

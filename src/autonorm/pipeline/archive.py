@@ -1,0 +1,176 @@
+"""Committed result archives: a sweep's small result files kept in the repository.
+
+``collect(sweep_dir, archive_dir)`` copies each *completed* run's small files (:data:`RUN_FILES`:
+results, robustness, profile, metrics, resolved config, identity, the ``COMPLETED`` marker and
+the job's Hydra overrides) into ``archive_dir/<run folder>/``, the same relative path as in the
+sweep, and records the sweep's expected jobs (expanded from Hydra's ``multirun.yaml`` with the
+basic sweeper's own splitting) in ``archive_dir/expected_jobs.json``. A table rebuilt from the
+archive alone therefore knows which jobs are missing (:func:`coverage`, :func:`render_coverage`).
+
+``restore(archive_dir, sweep_dir)`` copies archived runs back into a sweep folder where that run
+is not completed there, so re-running the same sweep command skips them (``resume=auto`` skips a
+folder with ``COMPLETED``) and only the missing jobs train: a sweep stopped half-way continues
+from the committed results. Checkpoints are never archived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from .io import COMPLETED, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "EXPECTED_NAME",
+    "RUN_FILES",
+    "collect",
+    "coverage",
+    "expected_jobs",
+    "render_coverage",
+    "restore",
+    "write_archive_table",
+]
+
+#: the files of a run folder that are archived (small, text); any that a run lacks is skipped
+RUN_FILES: tuple[str, ...] = (
+    "results.json", "robustness.json", "profile.json", "metrics.csv", "config.yaml", "identity.json",
+    "time_to_accuracy.csv", COMPLETED, ".hydra/overrides.yaml",
+)
+EXPECTED_NAME = "expected_jobs.json"
+_SKIP = frozenset({"checkpoints", "wandb", "__pycache__"})
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    """Completed run folders under ``root`` (``COMPLETED`` and ``results.json``)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP and not d.startswith("."))
+        if COMPLETED in filenames and "results.json" in filenames:
+            found.append(Path(dirpath))
+    return found
+
+
+def _copy_if_changed(src: Path, dst: Path) -> bool:
+    if dst.is_file() and dst.read_bytes() == src.read_bytes():
+        return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return True
+
+
+def _copy_run(src: Path, dst: Path) -> int:
+    return sum(_copy_if_changed(src / name, dst / name) for name in RUN_FILES if (src / name).is_file())
+
+
+def _load_yaml(path: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def expected_jobs(multirun_yaml: str | os.PathLike[str]) -> list[list[str]]:
+    """Every job's override list of the sweep described by Hydra's ``multirun.yaml``.
+
+    The same expansion as Hydra's basic sweeper: ``hydra.sweeper.params`` then the command-line
+    task overrides, parsed by Hydra's override parser and split into their cartesian product.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = _load_yaml(Path(multirun_yaml))
+    hydra = cfg.get("hydra", {})
+    params = [f"{k}={v}" for k, v in ((hydra.get("sweeper") or {}).get("params") or {}).items()]
+    task = list((hydra.get("overrides") or {}).get("task") or [])
+    overrides = OverridesParser.create().parse_overrides(params + task)
+    return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def collect(sweep_dir: str | os.PathLike[str], archive_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Copy the completed runs of ``sweep_dir`` into ``archive_dir`` (see module doc).
+
+    Returns ``{"runs": n completed runs, "files": n files written}``. Files that did not change
+    are not rewritten, so collecting twice changes nothing. The expected jobs are recorded from
+    ``sweep_dir/multirun.yaml`` when it exists (an existing record is kept otherwise).
+    """
+    sweep, archive = Path(sweep_dir), Path(archive_dir)
+    if not sweep.is_dir():
+        raise FileNotFoundError(f"sweep folder not found: {sweep}")
+    archive.mkdir(parents=True, exist_ok=True)
+    runs = _run_dirs(sweep)
+    written = sum(_copy_run(run, archive / run.relative_to(sweep)) for run in runs)
+    multirun = sweep / "multirun.yaml"
+    if multirun.is_file():
+        jobs = expected_jobs(multirun)
+        record = {"jobs": sorted(sorted(j) for j in jobs)}
+        path = archive / EXPECTED_NAME
+        old = json.loads(path.read_text()) if path.is_file() else None
+        if old != record:
+            atomic_write_json(path, record)
+            written += 1
+    return {"runs": len(runs), "files": written}
+
+
+def restore(archive_dir: str | os.PathLike[str], sweep_dir: str | os.PathLike[str]) -> int:
+    """Copy archived runs into ``sweep_dir`` where that run folder is not completed; return how many."""
+    archive, sweep = Path(archive_dir), Path(sweep_dir)
+    if not archive.is_dir():
+        return 0
+    n = 0
+    for run in _run_dirs(archive):
+        dst = sweep / run.relative_to(archive)
+        if (dst / COMPLETED).is_file():
+            continue
+        _copy_run(run, dst)
+        n += 1
+    return n
+
+
+def _job_of(run: Path) -> Optional[frozenset[str]]:
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    items = _load_yaml(path)
+    return frozenset(str(i) for i in items) if isinstance(items, list) else None
+
+
+def coverage(archive_dir: str | os.PathLike[str]) -> Optional[dict[str, Any]]:
+    """``{"expected": n, "completed": n, "missing": [override lists]}``, or None without a record."""
+    archive = Path(archive_dir)
+    path = archive / EXPECTED_NAME
+    if not path.is_file():
+        return None
+    expected = [frozenset(j) for j in json.loads(path.read_text())["jobs"]]
+    done = {job for job in (_job_of(run) for run in _run_dirs(archive)) if job is not None}
+    missing = [sorted(j) for j in expected if j not in done]
+    return {"expected": len(expected), "completed": len(expected) - len(missing), "missing": missing}
+
+
+def render_coverage(archive_dir: str | os.PathLike[str]) -> str:
+    """One Markdown paragraph: whether the table is whole, and the missing jobs if not."""
+    cov = coverage(archive_dir)
+    if cov is None:
+        return "**Coverage unknown**: no record of the sweep's expected jobs (`expected_jobs.json`).\n"
+    if not cov["missing"]:
+        return f"**Complete**: all {cov['expected']} expected jobs finished.\n"
+    lines = [
+        f"**Incomplete: {cov['completed']} of {cov['expected']} expected jobs finished; "
+        f"{len(cov['missing'])} missing** (re-run the same command to continue):",
+        "",
+    ]
+    lines += [f"- `{' '.join(job)}`" for job in cov["missing"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_archive_table(archive_dir: str | os.PathLike[str]) -> Path:
+    """The table of the archive (:func:`autonorm.pipeline.table.write_table`) headed by its coverage."""
+    from .table import write_table
+
+    paths = write_table(archive_dir)
+    md = paths.md.read_text(encoding="utf-8")
+    atomic_write_text(paths.md, render_coverage(archive_dir) + "\n" + md)
+    return paths.md

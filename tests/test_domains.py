@@ -122,7 +122,7 @@ def test_eval_domains_on_a_trained_checkpoint(make_cfg, tmp_path):
     assert all(0 <= dom[k] <= 1 for k in ("uci_digits", "syn_digits", "mnist_m")) and dom["svhn"] is None
     details = json.loads((run / "robustness.json").read_text())["domains"]
     assert details["svhn"]["status"] == "unavailable" and details["mnist_m"]["n"] == 30
-    assert "CIFAR-10" in details["mnist_m"]["provenance"] and "mnist_mini" in details["mnist_m"]["provenance"]
+    assert "cifar10" in details["mnist_m"]["provenance"] and "mnist_mini" in details["mnist_m"]["provenance"]
 
     # the same on the checkpoint with eval.py: identical accuracies (same targets, same weights)
     out = tmp_path / "evalout"

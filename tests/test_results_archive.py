@@ -114,10 +114,21 @@ def test_collect_restore_round_trip_lists_what_is_missing(tmp_path):
     assert archive.restore(dest, fresh) == 0  # already completed there: left alone
 
     # every job finished: the table says it is whole
-    _fake_run(sweep / "experiment=B,seed=0b", jobs["B", 0])
+    import shutil
+
+    shutil.rmtree(sweep / "experiment=B,seed=0")
+    _fake_run(sweep / "experiment=B,seed=0", jobs["B", 0])
     _fake_run(sweep / "experiment=B,seed=1", jobs["B", 1])
     archive.collect(sweep, dest)
     assert archive.write_archive_table(dest).read_text().startswith("**Complete**: all 4 expected jobs finished.")
+
+    # a job re-run under another folder name (e.g. a renamed run folder) replaces its archived copy
+    shutil.move(sweep / "experiment=A,seed=1", sweep / "renamed")
+    (sweep / "renamed" / "metrics.csv").unlink()
+    archive.collect(sweep, dest)
+    assert not (dest / "experiment=A,seed=1").exists() and (dest / "renamed" / "results.json").is_file()
+    assert not (dest / "renamed" / "metrics.csv").exists()
+    assert archive.coverage(dest)["completed"] == 4
 
 
 def test_collect_script_on_a_missing_folder_fails_clearly(tmp_path):

@@ -149,6 +149,14 @@ def _fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 # ------------------------------------------------------------------------------------ builders
 def build_uci_digits(n: Optional[int] = None, seed: int = 0) -> Domain:
     """The scikit-learn copy of the UCI digits test set, 8x8 upsampled to 32x32 (see module doc).
@@ -338,13 +346,15 @@ def load_domain(
     root: str | os.PathLike[str] = "data",
     cache_dir: Optional[str | os.PathLike[str]] = None,
     source: Optional[tuple[np.ndarray, np.ndarray, str]] = None,
-    textures: Optional[tuple[np.ndarray, str]] = None,
+    textures: Optional[str | os.PathLike[str]] = None,
 ) -> Domain:
     """Target ``name`` with at most ``n`` images, built with ``seed``, cached in ``cache_dir``.
 
-    ``mnist_m`` needs ``source`` (digit images, labels, a description) and ``textures``
-    (colour images, a description). Real domains are read from ``root`` each time (they are
-    files already). Raises :class:`DomainUnavailable` when a target cannot be had here.
+    ``mnist_m`` needs ``source`` (digit images, labels, a description) and ``textures`` (an
+    ``.npz`` data file whose ``x_train`` colour images give the patches; read only when the
+    target is built, identified in the cache key by its content hash). Real domains are read
+    from ``root`` each time (they are files already). Raises :class:`DomainUnavailable` when a
+    target cannot be had here.
     """
     if name not in DOMAIN_NAMES:
         raise DataError(f"unknown domain '{name}'; choose from: {', '.join(DOMAIN_NAMES)}")
@@ -354,7 +364,7 @@ def load_domain(
     if name == "mnist_m":
         if source is None or textures is None:
             raise DataError("mnist_m needs the source digits and the texture images")
-        key_parts += [_fingerprint(source[0], source[1]), _fingerprint(textures[0])]
+        key_parts += [_fingerprint(source[0], source[1]), _file_hash(Path(textures))]
     if name == "syn_digits":
         import PIL
 
@@ -370,7 +380,9 @@ def load_domain(
     elif name == "syn_digits":
         dom = build_syn_digits(n, seed)
     else:
-        dom = build_mnist_m(source[0], source[1], textures[0], n, seed, source[2], textures[1])
+        tex = load_npz(textures)["x_train"]
+        tex_src = f"the training images of {Path(textures).name} ({tex.shape[0]} images)"
+        dom = build_mnist_m(source[0], source[1], tex, n, seed, source[2], tex_src)
     if path is not None:
         write_npz_atomic(path, x=dom.x, y=dom.y, provenance=np.array(dom.provenance))
     return dom

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from autonorm.data.domains import DOMAIN_NAMES, DomainUnavailable, load_domain
-from autonorm.data.npz import DataError, dataset_path, load_npz
+from autonorm.data.npz import DataError, dataset_path
 from autonorm.errors import AutoNormError
 from autonorm.pipeline.io import atomic_write_json
 
@@ -51,12 +51,10 @@ def check_domain_names(names: Sequence[str]) -> list[str]:
     return names
 
 
-def _textures(root: str) -> tuple[np.ndarray, str]:
-    """CIFAR-10 training images for MNIST-M's patches: ``<root>/cifar10.npz`` if there, else the shipped mini."""
+def _textures(root: str) -> Path:
+    """CIFAR-10 for MNIST-M's patches: ``<root>/cifar10.npz`` if there, else the shipped mini."""
     full = dataset_path("cifar10", root)
-    path = full if full.is_file() else dataset_path("cifar10_mini")
-    arrays = load_npz(path)
-    return arrays["x_train"], f"CIFAR-10 training images ({path.name}, {arrays['x_train'].shape[0]} images)"
+    return full if full.is_file() else dataset_path("cifar10_mini")
 
 
 def evaluate_domains(

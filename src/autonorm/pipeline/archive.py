@@ -3,7 +3,7 @@
 ``collect(sweep_dir, archive_dir)`` copies each *completed* run's small files (:data:`RUN_FILES`:
 results, robustness, profile, metrics, resolved config, identity, the ``COMPLETED`` marker and
 the job's Hydra overrides) into ``archive_dir/<run folder>/``, the same relative path as in the
-sweep, and records the sweep's expected jobs (expanded from Hydra's ``multirun.yaml`` with the
+sweep (replacing an archived run of the same job, i.e. the same overrides), and records the sweep's expected jobs (expanded from Hydra's ``multirun.yaml`` with the
 basic sweeper's own splitting) in ``archive_dir/expected_jobs.json``. A table rebuilt from the
 archive alone therefore knows which jobs are missing (:func:`coverage`, :func:`render_coverage`).
 
@@ -64,7 +64,15 @@ def _copy_if_changed(src: Path, dst: Path) -> bool:
 
 
 def _copy_run(src: Path, dst: Path) -> int:
-    return sum(_copy_if_changed(src / name, dst / name) for name in RUN_FILES if (src / name).is_file())
+    """Mirror ``src``'s :data:`RUN_FILES` into ``dst`` (a file ``src`` no longer has is removed)."""
+    n = 0
+    for name in RUN_FILES:
+        if (src / name).is_file():
+            n += _copy_if_changed(src / name, dst / name)
+        elif (dst / name).is_file():
+            (dst / name).unlink()
+            n += 1
+    return n
 
 
 def _load_yaml(path: Path) -> Any:
@@ -102,7 +110,14 @@ def collect(sweep_dir: str | os.PathLike[str], archive_dir: str | os.PathLike[st
         raise FileNotFoundError(f"sweep folder not found: {sweep}")
     archive.mkdir(parents=True, exist_ok=True)
     runs = _run_dirs(sweep)
-    written = sum(_copy_run(run, archive / run.relative_to(sweep)) for run in runs)
+    written = 0
+    kept = {job: run for run in _run_dirs(archive) if (job := _job_of(run)) is not None}
+    for run in runs:
+        dst = archive / run.relative_to(sweep)
+        stale = kept.get(_job_of(run)) if _job_of(run) is not None else None
+        if stale is not None and stale != dst:  # the same job, archived under another folder name
+            shutil.rmtree(stale)
+        written += _copy_run(run, dst)
     multirun = sweep / "multirun.yaml"
     if multirun.is_file():
         jobs = expected_jobs(multirun)

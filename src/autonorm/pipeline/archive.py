@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from .io import COMPLETED, atomic_write_json, atomic_write_text
 
@@ -98,6 +98,18 @@ def expected_jobs(multirun_yaml: str | os.PathLike[str]) -> list[list[str]]:
     return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
+def _excluded_keys(multirun_yaml: Path) -> list[str]:
+    """The override keys that do not name a run folder (``hydra.job.config.override_dirname.exclude_keys``)."""
+    cfg = _load_yaml(multirun_yaml).get("hydra", {})
+    return list((((cfg.get("job") or {}).get("config") or {}).get("override_dirname") or {}).get("exclude_keys") or [])
+
+
+def _identity(job: Iterable[str], excluded: Iterable[str]) -> frozenset[str]:
+    """A job's overrides without the excluded keys (e.g. the output root): what makes it that job."""
+    drop = set(excluded)
+    return frozenset(o for o in job if o.split("=", 1)[0].lstrip("+~") not in drop)
+
+
 def collect(sweep_dir: str | os.PathLike[str], archive_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Copy the completed runs of ``sweep_dir`` into ``archive_dir`` (see module doc).
 
@@ -110,22 +122,24 @@ def collect(sweep_dir: str | os.PathLike[str], archive_dir: str | os.PathLike[st
         raise FileNotFoundError(f"sweep folder not found: {sweep}")
     archive.mkdir(parents=True, exist_ok=True)
     runs = _run_dirs(sweep)
+    multirun = sweep / "multirun.yaml"
+    excluded = _excluded_keys(multirun) if multirun.is_file() else _record(archive).get("excluded_keys", [])
     written = 0
-    kept = {job: run for run in _run_dirs(archive) if (job := _job_of(run)) is not None}
+    kept = {job: run for run in _run_dirs(archive) if (job := _job_of(run, excluded)) is not None}
     for run in runs:
         dst = archive / run.relative_to(sweep)
-        stale = kept.get(_job_of(run)) if _job_of(run) is not None else None
-        if stale is not None and stale != dst:  # the same job, archived under another folder name
+        job = _job_of(run, excluded)
+        stale = kept.get(job) if job is not None else None
+        if stale is not None and stale != dst and stale.is_dir():  # the same job, archived under another folder name
             shutil.rmtree(stale)
         written += _copy_run(run, dst)
-    multirun = sweep / "multirun.yaml"
+        if job is not None:
+            kept[job] = dst
     if multirun.is_file():
         jobs = expected_jobs(multirun)
-        record = {"jobs": sorted(sorted(j) for j in jobs)}
-        path = archive / EXPECTED_NAME
-        old = json.loads(path.read_text()) if path.is_file() else None
-        if old != record:
-            atomic_write_json(path, record)
+        record = {"excluded_keys": excluded, "jobs": sorted(sorted(_identity(j, excluded)) for j in jobs)}
+        if _record(archive) != record:
+            atomic_write_json(archive / EXPECTED_NAME, record)
             written += 1
     return {"runs": len(runs), "files": written}
 
@@ -145,22 +159,27 @@ def restore(archive_dir: str | os.PathLike[str], sweep_dir: str | os.PathLike[st
     return n
 
 
-def _job_of(run: Path) -> Optional[frozenset[str]]:
+def _record(archive: Path) -> dict[str, Any]:
+    path = archive / EXPECTED_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _job_of(run: Path, excluded: Iterable[str]) -> Optional[frozenset[str]]:
     path = run / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return None
     items = _load_yaml(path)
-    return frozenset(str(i) for i in items) if isinstance(items, list) else None
+    return _identity((str(i) for i in items), excluded) if isinstance(items, list) else None
 
 
 def coverage(archive_dir: str | os.PathLike[str]) -> Optional[dict[str, Any]]:
     """``{"expected": n, "completed": n, "missing": [override lists]}``, or None without a record."""
-    archive = Path(archive_dir)
-    path = archive / EXPECTED_NAME
-    if not path.is_file():
+    record = _record(Path(archive_dir))
+    if not record:
         return None
-    expected = [frozenset(j) for j in json.loads(path.read_text())["jobs"]]
-    done = {job for job in (_job_of(run) for run in _run_dirs(archive)) if job is not None}
+    excluded = record.get("excluded_keys", [])
+    expected = [frozenset(j) for j in record["jobs"]]
+    done = {job for job in (_job_of(run, excluded) for run in _run_dirs(Path(archive_dir))) if job is not None}
     missing = [sorted(j) for j in expected if j not in done]
     return {"expected": len(expected), "completed": len(expected) - len(missing), "missing": missing}
 

@@ -6,9 +6,16 @@ PRETRAIN_EPOCHS ?= 2
 TEACHER_EPOCHS ?= 5
 # extra overrides for table-full, e.g. TABLE_ARGS="data.train_subset=10000 eval.max_images=2000"
 TABLE_ARGS ?=
+OUT     ?= outputs
+# make dg: the students (conf/dg/ names; empty = the list in conf/sweep/dg.yaml), extra overrides
+DG_NORMS ?=
+DG_ARGS ?=
+# make table-recipe: the rows (conf/experiment/ names; empty = the list in conf/sweep/table_recipe.yaml)
+ROWS    ?=
+RECIPE_ARGS ?=
 export OMP_WAIT_POLICY ?= passive
 
-.PHONY: install demo test test-all table table-full bench lint clean
+.PHONY: install demo test test-all table table-full dg table-recipe bench lint clean
 
 .venv/.installed: pyproject.toml
 	python3 -m venv .venv
@@ -40,6 +47,20 @@ table: install
 table-full: install
 	$(PY) train.py -m sweep=table_full paths.data_root=$(DATA) trainer.max_epochs=$(EPOCHS) \
 		transfer.pretrain.max_epochs=$(PRETRAIN_EPOCHS) distill.teacher.max_epochs=$(TEACHER_EPOCHS) $(TABLE_ARGS)
+
+## domain generalisation from MNIST: the students at the fast_mnist budget x 3 seeds, scored on
+## the digit targets; finished runs kept in docs/results/dg (a re-run continues where it stopped)
+dg: install
+	$(PY) scripts/collect_results.py restore docs/results/dg $(OUT)/dg/fast_mnist
+	AUTONORM_DATA_ROOT=$(DATA) $(PY) train.py -m sweep=dg paths.output_root=$(OUT) $(if $(DG_NORMS),+dg=$(DG_NORMS)) $(DG_ARGS)
+	$(PY) scripts/collect_results.py collect $(OUT)/dg/fast_mnist docs/results/dg
+
+## the CIFAR-10 table at the recipe's budget (experiment=fast_cifar10): every row x 3 seeds; finished
+## runs kept in docs/results/recipe (a re-run continues where it stopped)
+table-recipe: install
+	$(PY) scripts/collect_results.py restore docs/results/recipe $(OUT)/table/recipe
+	AUTONORM_DATA_ROOT=$(DATA) $(PY) train.py -m sweep=table_recipe paths.output_root=$(OUT) $(if $(ROWS),experiment=$(ROWS)) $(RECIPE_ARGS)
+	$(PY) scripts/collect_results.py collect $(OUT)/table/recipe docs/results/recipe
 
 bench: install
 	$(PY) scripts/bench.py

@@ -122,6 +122,15 @@ def _check_trainer(trainer: DictConfig) -> None:
     _check(ms is None or _num(ms, "trainer.max_steps") == -1 or int(ms) >= 1, "trainer.max_steps", "must be -1 or >= 1", ms)
 
 
+def _check_eval_domains(ev: Any) -> None:
+    if not ev or not ev.get("domains"):
+        return
+    from autonorm.eval.domains import check_domain_names
+
+    check_domain_names(ev.domains)
+    _check(_num(ev.get("domain_size", 1), "eval.domain_size") >= 1, "eval.domain_size", "must be >= 1", ev.get("domain_size"))
+
+
 def _structured(schema: type, section: Any, prefix: str) -> Any:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), section)
@@ -141,6 +150,7 @@ def validate(cfg: DictConfig) -> None:
     _check_model(cfg.model)
     _check_data(cfg.data)
     _check_trainer(cfg.trainer)
+    _check_eval_domains(cfg.get("eval"))
     transfer = cfg.get("transfer") or {}
     mode = transfer.get("mode", "none")
     _check(mode in ("none", "freeze", "finetune"), "transfer.mode", "must be none, freeze or finetune", mode)

@@ -111,6 +111,12 @@ def evaluate_run(
         if rob:
             atomic_write_json(run_dir / "robustness.json", rob)
             out.update(noise_acc=rob.get("noise_acc"), rotation_acc=rob.get("rotation_acc"), c_mean_acc=rob.get("c_mean_acc"))
+    if eval_cfg.get("domains"):
+        from autonorm.eval.domains import score_domains, write_domain_details
+
+        details = _guard("domain generalisation", lambda: score_domains(model, datamodule, eval_cfg))
+        if details:
+            out["domains"] = write_domain_details(run_dir, details)
     if eval_cfg.get("profile"):
         from autonorm.eval.profile import profile_model
 

@@ -283,6 +283,9 @@ def write_table(
     out.mkdir(parents=True, exist_ok=True)
     paths = TablePaths(out / CSV_NAME, out / MD_NAME, out / PNG_NAME)
     atomic_write_text(paths.csv, csv_text(report["rows"]))
-    atomic_write_text(paths.md, render_markdown(report))
+    from .dg_table import render_dg  # the domain-generalisation section ("" without domain results)
+
+    dg = render_dg(report["runs"])
+    atomic_write_text(paths.md, render_markdown(report) + ("\n" + dg if dg else ""))
     plot_test_accuracy(report["rows"], paths.png)
     return paths

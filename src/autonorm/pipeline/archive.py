@@ -1,0 +1,210 @@
+"""Committed result archives: a sweep's small result files kept in the repository.
+
+``collect(sweep_dir, archive_dir)`` copies each *completed* run's small files (:data:`RUN_FILES`:
+results, robustness, profile, metrics, resolved config, identity, the ``COMPLETED`` marker and
+the job's Hydra overrides) into ``archive_dir/<run folder>/``, the same relative path as in the
+sweep (replacing an archived run of the same job, i.e. the same overrides), and records the sweep's expected jobs (expanded from Hydra's ``multirun.yaml`` with the
+basic sweeper's own splitting) in ``archive_dir/expected_jobs.json``. A table rebuilt from the
+archive alone therefore knows which jobs are missing (:func:`coverage`, :func:`render_coverage`).
+
+``restore(archive_dir, sweep_dir)`` copies archived runs back into a sweep folder where that run
+is not completed there, so re-running the same sweep command skips them (``resume=auto`` skips a
+folder with ``COMPLETED``) and only the missing jobs train: a sweep stopped half-way continues
+from the committed results. Checkpoints are never archived.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from .io import COMPLETED, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "EXPECTED_NAME",
+    "RUN_FILES",
+    "collect",
+    "coverage",
+    "expected_jobs",
+    "render_coverage",
+    "restore",
+    "write_archive_table",
+]
+
+#: the files of a run folder that are archived (small, text); any that a run lacks is skipped
+RUN_FILES: tuple[str, ...] = (
+    "results.json", "robustness.json", "profile.json", "metrics.csv", "config.yaml", "identity.json",
+    "time_to_accuracy.csv", COMPLETED, ".hydra/overrides.yaml",
+)
+EXPECTED_NAME = "expected_jobs.json"
+_SKIP = frozenset({"checkpoints", "wandb", "__pycache__"})
+
+
+def _run_dirs(root: Path) -> list[Path]:
+    """Completed run folders under ``root`` (``COMPLETED`` and ``results.json``)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP and not d.startswith("."))
+        if COMPLETED in filenames and "results.json" in filenames:
+            found.append(Path(dirpath))
+    return found
+
+
+def _copy_if_changed(src: Path, dst: Path) -> bool:
+    if dst.is_file() and dst.read_bytes() == src.read_bytes():
+        return False
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+    return True
+
+
+def _copy_run(src: Path, dst: Path) -> int:
+    """Mirror ``src``'s :data:`RUN_FILES` into ``dst`` (a file ``src`` no longer has is removed)."""
+    n = 0
+    for name in RUN_FILES:
+        if (src / name).is_file():
+            n += _copy_if_changed(src / name, dst / name)
+        elif (dst / name).is_file():
+            (dst / name).unlink()
+            n += 1
+    return n
+
+
+def _load_yaml(path: Path) -> Any:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+
+
+def expected_jobs(multirun_yaml: str | os.PathLike[str]) -> list[list[str]]:
+    """Every job's override list of the sweep described by Hydra's ``multirun.yaml``.
+
+    The same expansion as Hydra's basic sweeper: ``hydra.sweeper.params`` then the command-line
+    task overrides, parsed by Hydra's override parser and split into their cartesian product.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    cfg = _load_yaml(Path(multirun_yaml))
+    hydra = cfg.get("hydra", {})
+    params = [f"{k}={v}" for k, v in ((hydra.get("sweeper") or {}).get("params") or {}).items()]
+    task = list((hydra.get("overrides") or {}).get("task") or [])
+    overrides = OverridesParser.create().parse_overrides(params + task)
+    return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def _excluded_keys(multirun_yaml: Path) -> list[str]:
+    """The override keys that do not name a run folder (``hydra.job.config.override_dirname.exclude_keys``)."""
+    cfg = _load_yaml(multirun_yaml).get("hydra", {})
+    return list((((cfg.get("job") or {}).get("config") or {}).get("override_dirname") or {}).get("exclude_keys") or [])
+
+
+def _identity(job: Iterable[str], excluded: Iterable[str]) -> frozenset[str]:
+    """A job's overrides without the excluded keys (e.g. the output root): what makes it that job."""
+    drop = set(excluded)
+    return frozenset(o for o in job if o.split("=", 1)[0].lstrip("+~") not in drop)
+
+
+def collect(sweep_dir: str | os.PathLike[str], archive_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """Copy the completed runs of ``sweep_dir`` into ``archive_dir`` (see module doc).
+
+    Returns ``{"runs": n completed runs, "files": n files written}``. Files that did not change
+    are not rewritten, so collecting twice changes nothing. The expected jobs are recorded from
+    ``sweep_dir/multirun.yaml`` when it exists (an existing record is kept otherwise).
+    """
+    sweep, archive = Path(sweep_dir), Path(archive_dir)
+    if not sweep.is_dir():
+        raise FileNotFoundError(f"sweep folder not found: {sweep}")
+    archive.mkdir(parents=True, exist_ok=True)
+    runs = _run_dirs(sweep)
+    multirun = sweep / "multirun.yaml"
+    excluded = _excluded_keys(multirun) if multirun.is_file() else _record(archive).get("excluded_keys", [])
+    written = 0
+    kept = {job: run for run in _run_dirs(archive) if (job := _job_of(run, excluded)) is not None}
+    for run in runs:
+        dst = archive / run.relative_to(sweep)
+        job = _job_of(run, excluded)
+        stale = kept.get(job) if job is not None else None
+        if stale is not None and stale != dst and stale.is_dir():  # the same job, archived under another folder name
+            shutil.rmtree(stale)
+        written += _copy_run(run, dst)
+        if job is not None:
+            kept[job] = dst
+    if multirun.is_file():
+        jobs = expected_jobs(multirun)
+        record = {"excluded_keys": excluded, "jobs": sorted(sorted(_identity(j, excluded)) for j in jobs)}
+        if _record(archive) != record:
+            atomic_write_json(archive / EXPECTED_NAME, record)
+            written += 1
+    return {"runs": len(runs), "files": written}
+
+
+def restore(archive_dir: str | os.PathLike[str], sweep_dir: str | os.PathLike[str]) -> int:
+    """Copy archived runs into ``sweep_dir`` where that run folder is not completed; return how many."""
+    archive, sweep = Path(archive_dir), Path(sweep_dir)
+    if not archive.is_dir():
+        return 0
+    n = 0
+    for run in _run_dirs(archive):
+        dst = sweep / run.relative_to(archive)
+        if (dst / COMPLETED).is_file():
+            continue
+        _copy_run(run, dst)
+        n += 1
+    return n
+
+
+def _record(archive: Path) -> dict[str, Any]:
+    path = archive / EXPECTED_NAME
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _job_of(run: Path, excluded: Iterable[str]) -> Optional[frozenset[str]]:
+    path = run / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return None
+    items = _load_yaml(path)
+    return _identity((str(i) for i in items), excluded) if isinstance(items, list) else None
+
+
+def coverage(archive_dir: str | os.PathLike[str]) -> Optional[dict[str, Any]]:
+    """``{"expected": n, "completed": n, "missing": [override lists]}``, or None without a record."""
+    record = _record(Path(archive_dir))
+    if not record:
+        return None
+    excluded = record.get("excluded_keys", [])
+    expected = [frozenset(j) for j in record["jobs"]]
+    done = {job for job in (_job_of(run, excluded) for run in _run_dirs(Path(archive_dir))) if job is not None}
+    missing = [sorted(j) for j in expected if j not in done]
+    return {"expected": len(expected), "completed": len(expected) - len(missing), "missing": missing}
+
+
+def render_coverage(archive_dir: str | os.PathLike[str]) -> str:
+    """One Markdown paragraph: whether the table is whole, and the missing jobs if not."""
+    cov = coverage(archive_dir)
+    if cov is None:
+        return "**Coverage unknown**: no record of the sweep's expected jobs (`expected_jobs.json`).\n"
+    if not cov["missing"]:
+        return f"**Complete**: all {cov['expected']} expected jobs finished.\n"
+    lines = [
+        f"**Incomplete: {cov['completed']} of {cov['expected']} expected jobs finished; "
+        f"{len(cov['missing'])} missing** (re-run the same command to continue):",
+        "",
+    ]
+    lines += [f"- `{' '.join(job)}`" for job in cov["missing"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_archive_table(archive_dir: str | os.PathLike[str]) -> Path:
+    """The table of the archive (:func:`autonorm.pipeline.table.write_table`) headed by its coverage."""
+    from .table import write_table
+
+    paths = write_table(archive_dir)
+    md = paths.md.read_text(encoding="utf-8")
+    atomic_write_text(paths.md, render_coverage(archive_dir) + "\n" + md)
+    return paths.md

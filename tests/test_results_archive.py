@@ -1,0 +1,167 @@
+"""The sweeps of `make dg` / `make table-recipe` and the committed result archives they keep."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from autonorm.pipeline import archive
+
+from conftest import CONF, REPO
+
+
+def _compose(*overrides: str):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=list(overrides))
+    GlobalHydra.instance().clear()
+    return cfg
+
+
+def _params(sweep: str) -> dict:
+    return yaml.safe_load((CONF / "sweep" / f"{sweep}.yaml").read_text())["hydra"]["sweeper"]["params"]
+
+
+@pytest.mark.parametrize("variant,norm,gate", [("LN", "ln", None), ("DyT", "dyt", None), ("AutoNorm-soft", "autonorm", "soft"), ("AutoNorm-gumbel", "autonorm", "gumbel"), ("AFN", "afn", None)])
+def test_dg_sweep_trains_each_student_at_the_fast_mnist_budget(variant, norm, gate):
+    assert variant in _params("dg")["+dg"].split(",")
+    cfg = _compose("experiment=fast_mnist", "sweep=dg", f"+dg={variant}")
+    ref = _compose("experiment=fast_mnist", f"norm={norm}", f"gate={gate or 'soft'}")
+    assert cfg.norm.name == norm and (gate is None or cfg.gate.kind == gate)
+    assert cfg.data.name == "mnist" and cfg.model.name == ref.model.name
+    assert cfg.trainer.max_epochs == ref.trainer.max_epochs and cfg.optim == ref.optim
+    assert list(cfg.eval.domains)[:3] == ["uci_digits", "syn_digits", "mnist_m"]
+    sweep_dir = yaml.safe_load((CONF / "sweep" / "dg.yaml").read_text())["hydra"]["sweep"]["dir"]
+    assert sweep_dir.endswith("dg/fast_mnist") and _params("dg")["experiment"] == "fast_mnist"
+
+
+def test_recipe_table_rows_exist_and_share_the_fast_cifar10_budget():
+    rows = _params("table_recipe")["experiment"].split(",")
+    assert len(rows) == len(set(rows)) and {r for r in rows if not (CONF / "experiment" / f"{r}.yaml").is_file()} == set()
+    assert "Teacher" in rows and any(r.endswith("KD") for r in rows)
+    recipe = _compose("experiment=fast_cifar10", "norm=afn")
+    modes = set()
+    for row in rows:
+        cfg = _compose("sweep=table_recipe", f"experiment={row}")
+        modes.add(cfg.transfer.mode)
+        assert cfg.data.name == "cifar10" and cfg.model.name == recipe.model.name
+        assert cfg.trainer.max_epochs == recipe.trainer.max_epochs and cfg.data.batch_size == recipe.data.batch_size
+        assert cfg.optim == recipe.optim and cfg.transfer.pretrain.max_epochs == recipe.transfer.pretrain.max_epochs
+        assert cfg.transfer.pretrain.data == "mnist"
+    assert {"finetune", "freeze", "none"} <= modes  # the experiment's transfer mode is kept, not the recipe's
+    kd = _compose("sweep=table_recipe", "experiment=AutoNorm-Finetune-KD")
+    assert kd.distill.teacher.max_epochs >= kd.trainer.max_epochs  # the teacher trains at least as long
+
+
+def _fake_run(folder: Path, overrides: list[str], status: str = "completed", acc: float = 0.5) -> None:
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (folder / ".hydra" / "hydra.yaml").write_text("large: file\n")
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "last.ckpt").write_bytes(b"0" * 100)
+    if status == "failed":
+        (folder / "FAILED").write_text("RuntimeError: boom\n")
+        return
+    method = next(o.split("=")[1] for o in overrides if o.startswith("experiment="))
+    seed = int(next(o.split("=")[1] for o in overrides if o.startswith("seed=")))
+    (folder / "results.json").write_text(json.dumps({"method": method, "seed": seed, "test_acc": acc, "val_acc": acc}))
+    (folder / "metrics.csv").write_text("epoch,val/acc\n0,0.5\n")
+    (folder / "config.yaml").write_text(f"method: {method}\nseed: {seed}\n")
+    (folder / "COMPLETED").write_text("{}")
+
+
+def test_collect_restore_round_trip_lists_what_is_missing(tmp_path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({
+        "seed": 0,
+        "hydra": {
+            "sweeper": {"params": {"experiment": "A,B", "seed": "0,1"}},
+            "overrides": {"task": ["sweep=x", "trainer.max_epochs=3", "paths.output_root=/here"]},
+            "job": {"config": {"override_dirname": {"exclude_keys": ["paths.output_root"]}}},
+        },
+    }))
+    # the runs were made with another output root: not part of what makes a job that job
+    jobs = {(e, s): ["sweep=x", f"experiment={e}", f"seed={s}", "trainer.max_epochs=3", "paths.output_root=/there"] for e in "AB" for s in (0, 1)}
+    ident = {k: [o for o in v if not o.startswith("paths.")] for k, v in jobs.items()}
+    _fake_run(sweep / "experiment=A,seed=0", jobs["A", 0], acc=0.6)
+    _fake_run(sweep / "experiment=A,seed=1", jobs["A", 1], acc=0.7)
+    _fake_run(sweep / "experiment=B,seed=0", jobs["B", 0], status="failed")
+
+    expected = [[o for o in j if o != "paths.output_root=/here"] for j in archive.expected_jobs(sweep / "multirun.yaml")]
+    assert sorted(map(sorted, expected)) == sorted(map(sorted, ident.values()))
+    dest = tmp_path / "docs" / "results" / "t"
+    stats = archive.collect(sweep, dest)
+    assert stats["runs"] == 2
+    kept = dest / "experiment=A,seed=0"
+    assert {p.name for p in kept.iterdir()} == {"results.json", "metrics.csv", "config.yaml", "COMPLETED", ".hydra"}
+    assert not (kept / "checkpoints").exists() and not (kept / ".hydra" / "hydra.yaml").exists()
+    assert not (dest / "experiment=B,seed=0").exists()  # a failed job is not kept: it trains again
+    assert archive.collect(sweep, dest)["files"] == 0  # collecting again changes nothing
+
+    cov = archive.coverage(dest)
+    assert cov["expected"] == 4 and cov["completed"] == 2
+    assert sorted(cov["missing"]) == sorted(sorted(ident[k]) for k in (("B", 0), ("B", 1)))
+    md = archive.write_archive_table(dest).read_text()
+    assert md.startswith("**Incomplete: 2 of 4 expected jobs finished; 2 missing**")
+    assert "experiment=B seed=0" in md and "| A |" in md
+
+    # a fresh sweep folder (another machine, or the outputs deleted): the committed runs come back
+    fresh = tmp_path / "fresh"
+    assert archive.restore(dest, fresh) == 2
+    assert (fresh / "experiment=A,seed=1" / "COMPLETED").is_file()
+    assert json.loads((fresh / "experiment=A,seed=1" / "results.json").read_text())["test_acc"] == 0.7
+    assert archive.restore(dest, fresh) == 0  # already completed there: left alone
+
+    # every job finished: the table says it is whole
+    import shutil
+
+    shutil.rmtree(sweep / "experiment=B,seed=0")
+    _fake_run(sweep / "experiment=B,seed=0", jobs["B", 0])
+    _fake_run(sweep / "experiment=B,seed=1", jobs["B", 1])
+    archive.collect(sweep, dest)
+    assert archive.write_archive_table(dest).read_text().startswith("**Complete**: all 4 expected jobs finished.")
+
+    # a job re-run under another folder name (e.g. a renamed run folder) replaces its archived copy
+    shutil.move(sweep / "experiment=A,seed=1", sweep / "renamed")
+    (sweep / "renamed" / "metrics.csv").unlink()
+    archive.collect(sweep, dest)
+    assert not (dest / "experiment=A,seed=1").exists() and (dest / "renamed" / "results.json").is_file()
+    assert not (dest / "renamed" / "metrics.csv").exists()
+    assert archive.coverage(dest)["completed"] == 4
+
+
+def test_collect_script_on_a_missing_folder_fails_clearly(tmp_path):
+    proc = subprocess.run([sys.executable, "scripts/collect_results.py", "collect", str(tmp_path / "nope"), str(tmp_path / "a")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "sweep folder not found" in proc.stderr
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_continues_from_its_archive(tmp_path):
+    """Real multirun, archive, outputs deleted, same command again: the archived job is skipped."""
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "train.py", "-m", "debug=fast", "eval=none", "norm=ln,dyt", f"paths.output_root={tmp_path}",
+           f"hydra.sweep.dir={tmp_path}/sweep"]
+    first = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    dest = tmp_path / "archive"
+    assert archive.collect(tmp_path / "sweep", dest)["runs"] == 2
+    dyt = next(p for p in dest.iterdir() if "dyt" in p.name)
+    import shutil
+
+    shutil.rmtree(dyt)  # as if that job had never finished
+    shutil.rmtree(tmp_path / "sweep")
+    assert archive.restore(dest, tmp_path / "sweep") == 1
+    second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("Already completed") == 1
+    archive.collect(tmp_path / "sweep", dest)
+    assert archive.coverage(dest) == {"expected": 2, "completed": 2, "missing": []}

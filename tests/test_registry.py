@@ -101,7 +101,7 @@ def test_a_registered_norm_is_validated_named_logged_and_deployed(make_cfg) -> N
 @pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "norm").glob("*.yaml")))
 def test_every_norm_trains_evaluates_deploys_and_gets_a_table_row(make_cfg, tmp_path: Path, name: str) -> None:
     from autonorm.cli import train
-    from autonorm.pipeline.table import build_table, collect_runs
+    from autonorm.pipeline.table import build_report
     from autonorm.tasks import load_model_checkpoint
 
     run_dir = tmp_path / "sweep" / name
@@ -121,9 +121,9 @@ def test_every_norm_trains_evaluates_deploys_and_gets_a_table_row(make_cfg, tmp_
     assert bool(state) == bool(get_norm(name).logs)
     assert {k for k in state if k != "tau"} <= logged, (state, logged)
     # and the table has its row, named as the registry names it
-    _, per_method = build_table(collect_runs(tmp_path / "sweep"))
-    assert [row["Method"] for row in per_method] == [get_norm(name).display_name(OmegaConf.to_container(cfg.norm, resolve=True))]
-    assert per_method[0]["n"] == 1
+    rows = build_report(tmp_path / "sweep")["rows"]
+    assert [row["method"] for row in rows] == [get_norm(name).display_name(OmegaConf.to_container(cfg.norm, resolve=True))]
+    assert rows[0]["stats"]["n"] == 1
 
 
 # ---------------------------------------------------------------------------------- import rules

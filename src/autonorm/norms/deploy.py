@@ -113,6 +113,7 @@ class _DeployedAutoNormBase(nn.Module):
         super().__init__()
         self.dim = autonorm.dim
         self.impl = autonorm.impl  # the gate summary is computed as in the undeployed module
+        self.gate_features = autonorm.gate_features
         self.ln = autonorm.ln
         self.dyt = DeployedDyT(autonorm.dyt)
         self.last_gate = None
@@ -120,7 +121,7 @@ class _DeployedAutoNormBase(nn.Module):
     def _summary(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 3:
             raise ValueError(f"AutoNorm expects tokens of shape (B, N, C), got shape {tuple(x.shape)}")
-        return token_summary(x, self.impl)  # the same function as AutoNorm.gate_values: the same bits
+        return token_summary(x, self.impl, self.gate_features)  # the same function as AutoNorm.gate_values: the same bits
 
 
 class DeployedBlend(_DeployedAutoNormBase):

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .fused import call_compiled, check_impl, dyt_fused, dyt_reference
 
@@ -18,6 +20,14 @@ class DyT(nn.Module):
     Element-wise: no statistics are computed, so the output of a token does not depend on
     other tokens, channels or samples. Works for any input shape whose last dimension is ``dim``.
 
+    ``alpha_param`` (how ``alpha`` is stored): ``"direct"`` (the paper's: ``alpha`` is the
+    parameter itself and may pass through zero, where DyT becomes the linear map
+    ``weight * alpha * x + bias``) or ``"positive"`` (``alpha = softplus(raw)`` through
+    :func:`torch.nn.utils.parametrize.register_parametrization`, so ``alpha > 0`` always; ``raw``
+    starts at ``softplus^-1(alpha_init)``, ``self.alpha`` is the effective value either way and
+    the checkpoint key becomes ``parametrizations.alpha.original``). The effective slope at 0 is
+    ``alpha * weight`` per channel (logged as ``slope/<name>``).
+
     ``impl`` selects how the same function is computed (see :mod:`autonorm.norms.fused`):
     ``"eager"`` (this formula, the reference), ``"fused"`` (custom autograd Function through
     ``tanh(z) = 2 sigmoid(2z) - 1``, equal up to float rounding) or ``"compiled"``
@@ -26,7 +36,7 @@ class DyT(nn.Module):
 
     impl: str = "eager"
 
-    def __init__(self, dim: int, alpha_init: float = 0.5, impl: str = "eager") -> None:
+    def __init__(self, dim: int, alpha_init: float = 0.5, impl: str = "eager", alpha_param: str = "direct") -> None:
         super().__init__()
         if int(dim) <= 0:
             raise ValueError(f"dim must be a positive integer, got dim={dim!r}")
@@ -38,6 +48,11 @@ class DyT(nn.Module):
         self.weight = nn.Parameter(torch.ones(self.dim))
         self.bias = nn.Parameter(torch.zeros(self.dim))
         self.impl = check_impl(impl)
+        if alpha_param not in ALPHA_PARAMS:
+            raise ValueError(f"alpha_param must be one of {list(ALPHA_PARAMS)}, got alpha_param={alpha_param!r}")
+        self.alpha_param = alpha_param
+        if alpha_param == "positive":
+            parametrize.register_parametrization(self, "alpha", _Softplus())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply ``weight * tanh(alpha * x) + bias`` to ``x`` (..., dim)."""
@@ -49,4 +64,18 @@ class DyT(nn.Module):
 
     def extra_repr(self) -> str:
         impl = "" if self.impl == "eager" else f", impl={self.impl!r}"
-        return f"{self.dim}, alpha_init={self.alpha_init}{impl}"
+        param = "" if self.alpha_param == "direct" else f", alpha_param={self.alpha_param!r}"
+        return f"{self.dim}, alpha_init={self.alpha_init}{param}{impl}"
+
+
+ALPHA_PARAMS: tuple[str, ...] = ("direct", "positive")
+
+
+class _Softplus(nn.Module):
+    """``alpha = softplus(raw)``; ``right_inverse`` maps an initial ``alpha > 0`` to its ``raw``."""
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return F.softplus(raw)
+
+    def right_inverse(self, alpha: torch.Tensor) -> torch.Tensor:
+        return alpha + torch.log(-torch.expm1(-alpha))

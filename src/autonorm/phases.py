@@ -165,7 +165,8 @@ def build_task(cfg: DictConfig, num_classes: int) -> pl.LightningModule:
     kwargs = _task_kwargs(cfg, num_classes)
     if mode == "none" and not kd:
         return ClassificationTask(**kwargs)
-    kwargs.update(mode=mode, frozen_blocks=int(cfg.transfer.get("frozen_blocks", 0)), freeze_gates=bool(cfg.transfer.get("freeze_gates", False)))
+    t = cfg.transfer
+    kwargs.update(mode=mode, frozen_blocks=int(t.get("frozen_blocks", 0)), freeze_adaptive=bool(t.get("freeze_adaptive", False)), adapt_stats=bool(t.get("adapt_stats", False)))
     if kd:
         task: TransferTask = DistillTask(**kwargs, temperature=float(cfg.distill.temperature), weight=float(cfg.distill.weight))
     else:

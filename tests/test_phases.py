@@ -82,16 +82,16 @@ def test_mismatched_pretrained_checkpoint_lists_keys(pretrained, make_cfg, tmp_p
 
 
 def test_distill_runs_with_cached_teacher(make_cfg):
-    cfg = make_cfg("experiment=AutoNorm-Finetune-KD", "data=cifar10_mini", "distill.teacher.model=vit_micro", "eval=none")
+    cfg = make_cfg("experiment=AutoNorm-soft-Finetune-KD", "data=cifar10_mini", "distill.teacher.model=vit_micro", "eval=none")
     train(cfg)
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
-    assert results["method"] == "AutoNorm-Finetune-KD" and results["distill"] == "kd"
+    assert results["method"] == "AutoNorm-soft-Finetune-KD" and results["distill"] == "kd"
     assert list((Path(cfg.paths.cache_dir) / "teacher").glob("*/DONE"))
 
 
 def test_teacher_row_is_the_cached_kd_teacher_not_a_second_training(make_cfg, tmp_path):
     small = ("data=cifar10_mini", "distill.teacher.model=vit_micro", "eval=none")
-    kd = make_cfg("experiment=AutoNorm-Finetune-KD", *small)
+    kd = make_cfg("experiment=AutoNorm-soft-Finetune-KD", *small)
     train(kd)
     entries = list((Path(kd.paths.cache_dir) / "teacher").glob("*/DONE"))
     assert len(entries) == 1
@@ -113,12 +113,12 @@ def test_teacher_row_is_the_cached_kd_teacher_not_a_second_training(make_cfg, tm
 def test_two_job_sweep_runs_end_to_end_and_writes_the_table(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "-m", "debug=fast", "data=cifar10_mini", f"paths.output_root={tmp_path}",
-         "experiment=FrozenLN,FrozenDyT", "eval.plots=false", "eval.robustness=false", f"hydra.sweep.dir={tmp_path}/sweep"],
+         "experiment=LN-Finetune,DyT-Finetune", "eval.plots=false", "eval.robustness=false", f"hydra.sweep.dir={tmp_path}/sweep"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (tmp_path / "sweep" / "summary_results.md").read_text()
-    assert "FrozenLN" in md and "FrozenDyT" in md
+    assert "LN-Finetune" in md and "DyT-Finetune" in md
     assert (tmp_path / "sweep" / "summary_results.csv").exists()
     assert len(list((tmp_path / "cache" / "student").glob("*/DONE"))) == 2
 
@@ -127,7 +127,7 @@ def test_table_sweeps_use_the_recipe_model_and_the_teacher_row_is_the_kd_teacher
     from autonorm.phases import reused_phase_config, teacher_config
 
     for sweep in ("table_mini", "table_full"):
-        student = make_cfg(f"sweep={sweep}", "experiment=AutoNorm-Finetune-KD")
+        student = make_cfg(f"sweep={sweep}", "experiment=AutoNorm-soft-Finetune-KD")
         assert student.model.name == "vit_micro_conv" and student.model.stem == "conv"
         assert student.optim.label_smoothing == 0.1
         row = reused_phase_config(make_cfg(f"sweep={sweep}", "experiment=Teacher"))

@@ -415,19 +415,19 @@ def test_mce_relative_to_the_ln_baseline_from_fake_runs(tmp_path):
         pio.mark_completed(d)
 
     # baseline errors: fog 0.4 / 0.6 (sum 1.0), snow 0.2 / 0.2 (sum 0.4)
-    run("a", "FrozenLN", 0, {"fog": {"1": 0.6, "2": 0.4}, "snow": {"1": 0.8, "2": 0.8}})
+    run("a", "LN-Finetune", 0, {"fog": {"1": 0.6, "2": 0.4}, "snow": {"1": 0.8, "2": 0.8}})
     # AutoNorm, two seeds averaging to errors fog 0.3 / 0.5 (sum 0.8) and snow 0.2 / 0.4 (sum 0.6)
     run("b", "AutoNorm", 0, {"fog": {"1": 0.8, "2": 0.5}, "snow": {"1": 0.8, "2": 0.6}})
     run("c", "AutoNorm", 1, {"fog": {"1": 0.6, "2": 0.5}, "snow": {"1": 0.8, "2": 0.6}})
     from autonorm.pipeline.table import collect_runs
 
     rows = {r["Method"]: r for r in corruption_table(collect_runs(tmp_path))}
-    assert rows["FrozenLN"]["mCE"] == pytest.approx(1.0)
+    assert rows["LN-Finetune"]["mCE"] == pytest.approx(1.0)
     assert rows["AutoNorm"]["mCE"] == pytest.approx((0.8 / 1.0 + 0.6 / 0.4) / 2)
     assert rows["AutoNorm"]["C mean Acc"] == pytest.approx(1 - (0.3 + 0.5 + 0.2 + 0.4) / 4)
     assert rows["AutoNorm"]["n"] == 2
     md = write_table(tmp_path).md.read_text()
-    assert "CIFAR-10-C (mCE relative to FrozenLN" in md and "1.150" in md
+    assert "CIFAR-10-C (mCE relative to LN-Finetune" in md and "1.150" in md
 
 
 def test_no_cifar10c_no_corruption_section(tmp_path):

@@ -167,6 +167,11 @@ def method_name(cfg: DictConfig) -> str:
     """The row name in the baseline table: ``cfg.method`` or one derived from the config."""
     if cfg.get("method"):
         return str(cfg.method)
+    if cfg.get("reuse_phase") == "teacher":
+        return "Teacher"
+    branch = cfg.norm.get("freeze_branch") if cfg.norm.name == "autonorm" else None
+    if branch:  # the seed's rows: AutoNorm with one branch's parameters frozen
+        return {"ln": "OnlyDyT", "dyt": "OnlyLayerNorm"}[branch]
     parts = [{"ln": "LN", "dyt": "DyT", "autonorm": "AutoNorm", "afn": "AFN"}[cfg.norm.name]]
     if cfg.norm.name == "autonorm":
         parts.append(cfg.gate.kind)

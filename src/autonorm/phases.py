@@ -75,7 +75,7 @@ def fit_phase(cfg: DictConfig, out_dir: Path) -> None:
     tcfg = _container(cfg.trainer)
     tcfg.pop("compile", None)
     tcfg.update(default_root_dir=str(out_dir), enable_checkpointing=False, logger=False)
-    callbacks = [NonFiniteLossGuard(), TemperatureScheduler(cfg.gate.tau_start, cfg.gate.tau_end, cfg.gate.schedule)]
+    callbacks = [NonFiniteLossGuard(), TemperatureScheduler(cfg.gate.tau_start, cfg.gate.tau_end, cfg.gate.schedule, cfg.gate.get("tau_end_at", "last_step"))]
     callbacks.append(pl.callbacks.RichProgressBar())
     trainer = instantiate(tcfg, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     t0 = time.monotonic()

@@ -232,8 +232,8 @@ def deploy_module(module: nn.Module) -> Optional[nn.Module]:
         return DeployedBlend(module)
     if isinstance(module, DyT):
         return DeployedDyT(module)
-    if isinstance(module, AFN):
-        return DeployedAffine(module)
+    if isinstance(module, AFN) and module.eval_stats == "running":
+        return DeployedAffine(module)  # with eval_stats="batch" AFN stays (its output depends on the batch)
     return None
 
 

@@ -50,6 +50,7 @@ SKIP_DIRS = frozenset({"checkpoints", "wandb", "__pycache__"})
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("Val Acc", "val_acc", "acc"),
     ("Test Acc", "test_acc", "acc"),
+    ("Teacher Test Acc", "teacher_test_acc", "acc"),
     ("Latency (ms/sample)", "latency_ms_per_sample", "float"),
     ("FLOPs (per sample)", "flops_per_sample", "si"),
     ("Params", "params", "int"),
@@ -435,7 +436,7 @@ def _plot(per_method_rows: list[dict[str, Any]], path: Path) -> None:
         fig.savefig(tmp, format="png")
 
 
-MCE_BASELINE = "FrozenLN"
+MCE_BASELINE = "LN-Finetune"
 
 
 def corruption_table(runs: list[dict[str, Any]], baseline: str = MCE_BASELINE) -> list[dict[str, Any]]:

@@ -86,6 +86,7 @@ def test_distill_runs_with_cached_teacher(make_cfg):
     train(cfg)
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
     assert results["method"] == "AutoNorm-soft-Finetune-KD" and results["distill"] == "kd"
+    assert 0.0 <= results["teacher_test_acc"] <= 1.0  # the table shows it beside the KD row
     assert list((Path(cfg.paths.cache_dir) / "teacher").glob("*/DONE"))
 
 

@@ -88,6 +88,8 @@ def test_distill_runs_with_cached_teacher(make_cfg):
     assert results["method"] == "AutoNorm-soft-Finetune-KD" and results["distill"] == "kd"
     assert 0.0 <= results["teacher_test_acc"] <= 1.0  # the table shows it beside the KD row
     assert list((Path(cfg.paths.cache_dir) / "teacher").glob("*/DONE"))
+    # the teacher starts, like the students, from an MNIST pretraining of its own model
+    assert cfg.distill.teacher.pretrain_epochs > 0 and list((Path(cfg.paths.cache_dir) / "teacher_pretrain").glob("*/DONE"))
 
 
 def test_teacher_row_is_the_cached_kd_teacher_not_a_second_training(make_cfg, tmp_path):

@@ -6,16 +6,16 @@ the conv stem with its BatchNorm), the class token and position embeddings, and 
 LayerNorm's affine, DyT's alpha and affine, AutoNorm's branches and gate, AFN's affine,
 encoder-decoders, lambdas and running statistics). Their parameters get ``requires_grad=False``
 (so they are not in the optimizer) and their modules stay in eval mode for the whole fit: no
-dropout, BatchNorm and AFN use (and keep) their running statistics, Gumbel gates take their
-argmax instead of sampling. Lightning switches modules to train mode at the start of fit and
+dropout, running statistics not updated (BatchNorm uses them; AFN normalises as at evaluation,
+see its ``eval_stats``), Gumbel gates take their argmax instead of sampling. Lightning switches modules to train mode at the start of fit and
 restores the modes it saw after every validation, setting ``.training`` directly, so eval mode is
 re-applied at the start of every training batch (:meth:`TransferTask.on_train_batch_start`).
 
 Options: ``freeze_adaptive=True`` also fixes the adaptive part of every norm point outside the
 frozen blocks (AutoNorm gates; AFN encoder-decoders and lambdas): the same for every norm that
 has one. ``adapt_stats=True`` lets the normalisation statistics inside the frozen part follow the
-new data (BatchNorm and AFN modules there run in train mode: batch statistics, running statistics
-updated, AFN's encoder dropout on; their parameters stay fixed). ``finetune`` trains everything,
+new data (BatchNorm and AFN modules there normalise with batch statistics and update their
+running statistics; AFN's encoder dropout stays off; their parameters stay fixed). ``finetune`` trains everything,
 the backbone optionally at ``optim.backbone_lr_scale`` times the head's learning rate.
 """
 
@@ -100,9 +100,11 @@ class TransferTask(ClassificationTask):
             module.train(False)
         if self.adapt_stats:
             for module in self.frozen:
-                for m in (module.afn,) if isinstance(module, _AFNAdaptive) else module.modules():
+                if isinstance(module, _AFNAdaptive):
+                    continue  # an AFN outside the frozen part keeps its own statistics' mode
+                for m in module.modules():
                     if isinstance(m, (nn.modules.batchnorm._BatchNorm, AFN)):
-                        m.training = True
+                        m.training = True  # statistics only: the AFN's encoder dropout stays off
 
     def train(self, mode: bool = True) -> "TransferTask":
         super().train(mode)

@@ -122,7 +122,7 @@ def test_autonorm_override_endpoints(gate: str) -> None:
 
 
 def test_autonorm_soft_mixture_formula_and_range() -> None:
-    an = AutoNorm(C, gate="soft")
+    an = AutoNorm(C, gate="soft", gate_features="mean")  # the gate input is the token mean
     x = _x(scale=3.0)
     y = an(x)
     a = an.last_gate

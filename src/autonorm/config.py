@@ -46,7 +46,7 @@ class GateSchema:
     tau_start: float = 1.0
     tau_end: float = 1.0
     schedule: str = "constant"
-    features: str = "mean"
+    features: str = "mean_scale"
     tau_end_at: str = "last_step"
 
     def __post_init__(self) -> None:

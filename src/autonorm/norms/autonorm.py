@@ -113,7 +113,7 @@ class AutoNorm(nn.Module):
         freeze_branch: Optional[str] = None,
         eps: float = 1e-6,
         impl: str = "eager",
-        gate_features: str = "mean",
+        gate_features: str = "mean_scale",
         alpha_param: str = "direct",
     ) -> None:
         super().__init__()

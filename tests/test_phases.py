@@ -135,6 +135,9 @@ def test_table_sweeps_use_the_recipe_model_and_the_teacher_row_is_the_kd_teacher
         assert student.optim.label_smoothing == 0.1
         row = reused_phase_config(make_cfg(f"sweep={sweep}", "experiment=Teacher"))
         kd_teacher = teacher_config(student)
-        assert row.model == kd_teacher.model and row.model.name == "vit_tiny_conv"
+        assert row.model == kd_teacher.model and row.model.name == "vit_micro_conv"
         assert row.norm.name == kd_teacher.norm.name == "ln"
         assert row.trainer.max_epochs == kd_teacher.trainer.max_epochs == student.distill.teacher.max_epochs
+        # the teacher is the stronger model: a larger budget than the students' and the same pretraining
+        assert student.distill.teacher.max_epochs > student.trainer.max_epochs
+        assert student.distill.teacher.pretrain_epochs == student.transfer.pretrain.max_epochs

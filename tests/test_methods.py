@@ -199,3 +199,21 @@ def test_gumbel_tau_end_at_and_transfer_start(make_cfg):
     assert cont == pytest.approx([0.1] * len(cont))
     restart = _taus(make_cfg, "transfer=finetune", "data=cifar10_mini")
     assert restart[0] == pytest.approx(2.0)
+
+
+def test_gate_stats_script_reads_a_finished_run(make_cfg):
+    import importlib.util
+
+    from autonorm.cli import train
+
+    from conftest import REPO
+
+    cfg = make_cfg("norm=autonorm", "gate=soft", "eval=none")
+    train(cfg)
+    spec = importlib.util.spec_from_file_location("gate_stats", REPO / "scripts" / "gate_stats.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    stats = module.gate_stats(Path(cfg.paths.output_dir))
+    assert stats["seed"] == 0 and "gate.features=mean_scale" in stats["config"]
+    assert 0.0 <= stats["saturated"] <= 1.0 and 0.0 < stats["gate_mean"] < 1.0
+    assert stats["min_abs_alpha"] > 0 and math.isfinite(stats["slope_mean"])

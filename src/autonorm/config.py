@@ -170,7 +170,7 @@ def method_name(cfg: DictConfig) -> str:
     if cfg.get("reuse_phase") == "teacher":
         return "Teacher"
     branch = cfg.norm.get("freeze_branch") if cfg.norm.name == "autonorm" else None
-    if branch:  # the seed's rows: AutoNorm with one branch's parameters frozen
+    if branch:  # the OnlyDyT / OnlyLayerNorm rows: AutoNorm with one branch's parameters frozen
         return {"ln": "OnlyDyT", "dyt": "OnlyLayerNorm"}[branch]
     parts = [{"ln": "LN", "dyt": "DyT", "autonorm": "AutoNorm", "afn": "AFN"}[cfg.norm.name]]
     if cfg.norm.name == "autonorm":

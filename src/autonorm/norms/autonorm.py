@@ -80,7 +80,7 @@ class AutoNorm(nn.Module):
     Baselines via ``freeze_branch``: ``"ln"`` freezes the LayerNorm branch's parameters
     (``requires_grad=False``; the "OnlyDyT" baseline) and ``"dyt"`` freezes DyT's parameters
     (the "OnlyLayerNorm" baseline). The gate itself always stays trainable and still blends the
-    frozen branch in (these are the seed's definitions, not single-norm models).
+    frozen branch in (the rows' original definitions; they are not single-norm models).
 
     ``alpha_param`` is passed to the inner DyT (``"direct"`` or ``"positive"``, see
     :class:`~autonorm.norms.DyT`).

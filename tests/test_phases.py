@@ -89,7 +89,9 @@ def test_distill_runs_with_cached_teacher(make_cfg):
     assert 0.0 <= results["teacher_test_acc"] <= 1.0  # the table shows it beside the KD row
     assert list((Path(cfg.paths.cache_dir) / "teacher").glob("*/DONE"))
     # the teacher starts, like the students, from an MNIST pretraining of its own model
-    assert cfg.distill.teacher.pretrain_epochs > 0 and list((Path(cfg.paths.cache_dir) / "teacher_pretrain").glob("*/DONE"))
+    assert cfg.distill.teacher.pretrain_epochs > 0
+    (meta,) = [json.loads(p.read_text())["meta"] for p in (Path(cfg.paths.cache_dir) / "teacher").glob("*/meta.json")]
+    assert meta.get("init") and list((Path(cfg.paths.cache_dir) / "student").glob(f"{meta['init']}/DONE"))
 
 
 def test_teacher_row_is_the_cached_kd_teacher_not_a_second_training(make_cfg, tmp_path):

@@ -146,7 +146,8 @@ def resolve_teacher(cfg: DictConfig) -> Path:
         trainer = OmegaConf.create(_container(tcfg.trainer))
         trainer.max_epochs = epochs
         data = (cfg.get("transfer") or {}).get("pretrain", {}).get("data", "mnist_mini")
-        init = _cached_phase(cfg, "teacher_pretrain", derive(tcfg, data=str(data), trainer=trainer))
+        # the "student" phase: with the students' model this is the LN students' own pretraining (one cache entry)
+        init = _cached_phase(cfg, "student", derive(tcfg, data=str(data), trainer=trainer))
     return _cached_phase(cfg, "teacher", tcfg, init)
 
 

@@ -3,7 +3,7 @@ PY      ?= .venv/bin/python
 DATA    ?= ../shared/data
 EPOCHS  ?= 3
 PRETRAIN_EPOCHS ?= 2
-TEACHER_EPOCHS ?= 5
+TEACHER_EPOCHS ?= 15
 # extra overrides for table-full, e.g. TABLE_ARGS="data.train_subset=10000 eval.max_images=2000"
 TABLE_ARGS ?=
 OUT     ?= outputs

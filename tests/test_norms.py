@@ -45,7 +45,7 @@ _NORM_FACTORIES: dict[str, Callable[[], nn.Module]] = {
     "autonorm_soft_mlp": lambda: AutoNorm(C, gate="soft", gate_hidden=8),
     "autonorm_gumbel": lambda: AutoNorm(C, gate="gumbel"),
     "autonorm_gumbel_mlp": lambda: AutoNorm(C, gate="gumbel", gate_hidden=8),
-    "afn": lambda: AFN(C),
+    "afn": lambda: AFN(C, reduction=4),  # 4 rescaling units at C=16 (C/16 would be one)
     "afn_noenc": lambda: AFN(C, use_encoders=False),
 }
 
@@ -122,7 +122,7 @@ def test_autonorm_override_endpoints(gate: str) -> None:
 
 
 def test_autonorm_soft_mixture_formula_and_range() -> None:
-    an = AutoNorm(C, gate="soft")
+    an = AutoNorm(C, gate="soft", gate_features="mean")  # the gate input is the token mean
     x = _x(scale=3.0)
     y = an(x)
     a = an.last_gate
@@ -248,7 +248,7 @@ def test_afn_init_close_to_batch_standardisation() -> None:
     x = _x(b=8, n=10, scale=2.5, shift=1.5)
     y = afn(x)
     ref = _batch_standardise(x, afn.eps)
-    # mixing weights at init: sigmoid(-3) ~ 0.047 (stats), sigmoid(-5) ~ 0.0067 (affine)
+    # mixing weights at init, stored as they are used: sigmoid(-3) ~ 0.047 (stats), sigmoid(-5) ~ 0.0067 (affine)
     assert math.isclose(float(afn.lambda_mu), 1 / (1 + math.exp(3)), rel_tol=1e-5)
     assert math.isclose(float(afn.lambda_gamma), 1 / (1 + math.exp(5)), rel_tol=1e-5)
     err = (y - ref).abs()
@@ -257,16 +257,16 @@ def test_afn_init_close_to_batch_standardisation() -> None:
     # output is roughly standardised per channel
     assert y.mean(dim=(0, 1)).abs().max() < 0.2
     assert (y.std(dim=(0, 1)) - 1).abs().max() < 0.15
-    # pushing the raw lambdas to -inf recovers exact batch standardisation
+    # lambdas at 0 give exact batch standardisation
     with torch.no_grad():
-        for p in (afn.lambda_mu_raw, afn.lambda_sigma_raw, afn.lambda_gamma_raw, afn.lambda_beta_raw):
-            p.fill_(-1e4)
+        for p in (afn.lambda_mu, afn.lambda_sigma, afn.lambda_gamma, afn.lambda_beta):
+            p.fill_(0.0)
     torch.testing.assert_close(afn(x), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_afn_matches_documented_equations() -> None:
-    afn = AFN(C, reduction=4, lambda_mu_init=0.3, lambda_sigma_init=-0.2, lambda_gamma_init=0.5,
-              lambda_beta_init=-0.5).train()
+    afn = AFN(C, reduction=4, lambda_mu_init=0.3, lambda_sigma_init=0.6, lambda_gamma_init=0.5,
+              lambda_beta_init=-0.5, dropout=0.0).train()
     with torch.no_grad():
         afn.weight.uniform_(0.5, 1.5)
         afn.bias.uniform_(-0.5, 0.5)
@@ -274,19 +274,20 @@ def test_afn_matches_documented_equations() -> None:
     y = afn(x)
     mu = x.mean(dim=(0, 1))
     sigma = torch.sqrt(x.var(dim=(0, 1), unbiased=False) + afn.eps)
-    lm, ls = torch.sigmoid(torch.tensor(0.3)), torch.sigmoid(torch.tensor(-0.2))
-    lg, lb = torch.sigmoid(torch.tensor(0.5)), torch.sigmoid(torch.tensor(-0.5))
-    mu_hat = (1 - lm) * mu + lm * afn.f_mu(mu)
-    sigma_hat = (1 - ls) * sigma + ls * F.softplus(afn.f_sigma(sigma))
-    gamma = afn.weight + lg * torch.sigmoid(afn.g_gamma(sigma))
-    beta = afn.bias + lb * torch.tanh(afn.g_beta(mu))
+    lm, ls, lg, lb = 0.3, 0.6, 0.5, -0.5  # used as stored (no sigmoid)
+    enc_s, enc_r = afn.std_encoder, afn.rescale_encoder  # one shared encoder per stage
+    mu_hat = (1 - lm) * mu + lm * afn.mu_decoder(enc_s(mu))
+    sigma_hat = (1 - ls) * sigma + ls * F.softplus(afn.sigma_decoder(enc_s(sigma)))
+    gamma = afn.weight + lg * torch.sigmoid(afn.gamma_decoder(enc_r(sigma)))
+    beta = afn.bias + lb * torch.tanh(afn.beta_decoder(enc_r(mu)))
     torch.testing.assert_close(y, gamma * (x - mu_hat) / sigma_hat + beta, atol=1e-5, rtol=1e-5)
-    assert afn.hidden == 4  # max(16 // 4, 4)
-    assert AFN(256).hidden == 16 and AFN(32).hidden == 4
+    # the paper's widths: C/2 for the standardisation statistics, C/16 for the rescaling
+    assert (AFN(64).std_hidden, AFN(64).rescale_hidden) == (32, 4)
+    assert (AFN(256).std_encoder.out_features, AFN(256).rescale_encoder.out_features) == (128, 16)
 
 
 def test_afn_running_stats_train_and_eval() -> None:
-    afn = AFN(C, momentum=0.1, use_encoders=False)
+    afn = AFN(C, momentum=0.1, use_encoders=False, eval_stats="running")
     x = _x(b=4, n=8, scale=3.0, shift=2.0)
     afn.train()
     afn(x)
@@ -303,7 +304,7 @@ def test_afn_running_stats_train_and_eval() -> None:
     assert torch.equal(afn.running_mean, rm) and torch.equal(afn.running_var, rv)
     torch.testing.assert_close(afn(z[:1]), y[:1])
     # with encoders the eval path feeds running stats through the same encoder-decoders
-    afn2 = AFN(C).train()
+    afn2 = AFN(C, eval_stats="running").train()
     for _ in range(3):
         afn2(x)
     afn2.eval()
@@ -315,7 +316,7 @@ def test_afn_running_stats_train_and_eval() -> None:
 
 def test_afn_disabled_encoders_is_plain_batch_standardisation() -> None:
     afn = AFN(C, use_encoders=False).train()
-    assert not hasattr(afn, "f_mu")
+    assert not hasattr(afn, "std_encoder")
     assert afn.lambda_mu == 0.0 and afn.lambda_beta == 0.0
     x = _x(scale=0.5, shift=3.0)
     torch.testing.assert_close(afn(x), _batch_standardise(x, afn.eps), atol=1e-5, rtol=1e-5)

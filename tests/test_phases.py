@@ -82,16 +82,21 @@ def test_mismatched_pretrained_checkpoint_lists_keys(pretrained, make_cfg, tmp_p
 
 
 def test_distill_runs_with_cached_teacher(make_cfg):
-    cfg = make_cfg("experiment=AutoNorm-Finetune-KD", "data=cifar10_mini", "distill.teacher.model=vit_micro", "eval=none")
+    cfg = make_cfg("experiment=AutoNorm-soft-Finetune-KD", "data=cifar10_mini", "distill.teacher.model=vit_micro", "eval=none")
     train(cfg)
     results = json.loads((Path(cfg.paths.output_dir) / "results.json").read_text())
-    assert results["method"] == "AutoNorm-Finetune-KD" and results["distill"] == "kd"
+    assert results["method"] == "AutoNorm-soft-Finetune-KD" and results["distill"] == "kd"
+    assert 0.0 <= results["teacher_test_acc"] <= 1.0  # the table shows it beside the KD row
     assert list((Path(cfg.paths.cache_dir) / "teacher").glob("*/DONE"))
+    # the teacher starts, like the students, from an MNIST pretraining of its own model
+    assert cfg.distill.teacher.pretrain_epochs > 0
+    (meta,) = [json.loads(p.read_text())["meta"] for p in (Path(cfg.paths.cache_dir) / "teacher").glob("*/meta.json")]
+    assert meta.get("init") and list((Path(cfg.paths.cache_dir) / "student").glob(f"{meta['init']}/DONE"))
 
 
 def test_teacher_row_is_the_cached_kd_teacher_not_a_second_training(make_cfg, tmp_path):
     small = ("data=cifar10_mini", "distill.teacher.model=vit_micro", "eval=none")
-    kd = make_cfg("experiment=AutoNorm-Finetune-KD", *small)
+    kd = make_cfg("experiment=AutoNorm-soft-Finetune-KD", *small)
     train(kd)
     entries = list((Path(kd.paths.cache_dir) / "teacher").glob("*/DONE"))
     assert len(entries) == 1
@@ -113,12 +118,12 @@ def test_teacher_row_is_the_cached_kd_teacher_not_a_second_training(make_cfg, tm
 def test_two_job_sweep_runs_end_to_end_and_writes_the_table(tmp_path):
     proc = subprocess.run(
         [sys.executable, "train.py", "-m", "debug=fast", "data=cifar10_mini", f"paths.output_root={tmp_path}",
-         "experiment=FrozenLN,FrozenDyT", "eval.plots=false", "eval.robustness=false", f"hydra.sweep.dir={tmp_path}/sweep"],
+         "experiment=LN-Finetune,DyT-Finetune", "eval.plots=false", "eval.robustness=false", f"hydra.sweep.dir={tmp_path}/sweep"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     md = (tmp_path / "sweep" / "summary_results.md").read_text()
-    assert "FrozenLN" in md and "FrozenDyT" in md
+    assert "LN-Finetune" in md and "DyT-Finetune" in md
     assert (tmp_path / "sweep" / "summary_results.csv").exists()
     assert len(list((tmp_path / "cache" / "student").glob("*/DONE"))) == 2
 
@@ -127,11 +132,14 @@ def test_table_sweeps_use_the_recipe_model_and_the_teacher_row_is_the_kd_teacher
     from autonorm.phases import reused_phase_config, teacher_config
 
     for sweep in ("table_mini", "table_full"):
-        student = make_cfg(f"sweep={sweep}", "experiment=AutoNorm-Finetune-KD")
+        student = make_cfg(f"sweep={sweep}", "experiment=AutoNorm-soft-Finetune-KD")
         assert student.model.name == "vit_micro_conv" and student.model.stem == "conv"
         assert student.optim.label_smoothing == 0.1
         row = reused_phase_config(make_cfg(f"sweep={sweep}", "experiment=Teacher"))
         kd_teacher = teacher_config(student)
-        assert row.model == kd_teacher.model and row.model.name == "vit_tiny_conv"
+        assert row.model == kd_teacher.model and row.model.name == "vit_micro_conv"
         assert row.norm.name == kd_teacher.norm.name == "ln"
         assert row.trainer.max_epochs == kd_teacher.trainer.max_epochs == student.distill.teacher.max_epochs
+        # the teacher is the stronger model: a larger budget than the students' and the same pretraining
+        assert student.distill.teacher.max_epochs > student.trainer.max_epochs
+        assert student.distill.teacher.pretrain_epochs == student.transfer.pretrain.max_epochs

@@ -174,6 +174,7 @@ def train(cfg: DictConfig) -> Optional[float]:
         "val_loss": _metric(val, "val/loss"),
         "test_acc": _metric(test, "test/acc"),
         "test_loss": _metric(test, "test/loss"),
+        **({"teacher_test_acc": _metric(test, "test/teacher_acc")} if "test/teacher_acc" in test else {}),
         "train_time_s": round(timer.time_elapsed("train"), 2),
         "epochs": int(trainer.current_epoch),
         "steps": int(trainer.global_step),

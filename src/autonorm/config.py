@@ -45,9 +45,13 @@ class GateSchema:
     tau_start: float = 1.0
     tau_end: float = 1.0
     schedule: str = "constant"
+    features: str = "mean_scale"
+    tau_end_at: str = "last_step"
 
     def __post_init__(self) -> None:
         _check(self.kind in GATES, "gate.kind", f"must be one of {', '.join(GATES)}", self.kind)
+        _check(self.features in ("mean", "mean_scale"), "gate.features", "must be one of mean, mean_scale", self.features)
+        _check(self.tau_end_at in ("last_step", "after_last"), "gate.tau_end_at", "must be one of last_step, after_last", self.tau_end_at)
         _check(self.hidden >= 0, "gate.hidden", "must be >= 0", self.hidden)
         _check(self.tau_start > 0, "gate.tau_start", "must be > 0", self.tau_start)
         _check(self.tau_end > 0, "gate.tau_end", "must be > 0", self.tau_end)
@@ -82,12 +86,21 @@ def _check_norm(norm: DictConfig) -> None:
         _check(_num(norm.alpha_init, "norm.alpha_init", float) > 0, "norm.alpha_init", "must be > 0", norm.alpha_init)
     if "freeze_branch" in norm:
         _check(norm.freeze_branch in FREEZE_BRANCHES, "norm.freeze_branch", "must be null, ln or dyt", norm.freeze_branch)
+    if "alpha_param" in norm:
+        _check(norm.alpha_param in ("direct", "positive"), "norm.alpha_param", "must be one of direct, positive", norm.alpha_param)
+    if "gate_features" in norm:
+        _check(norm.gate_features in ("mean", "mean_scale"), "norm.gate_features", "must be one of mean, mean_scale", norm.gate_features)
     for key in ("lambda_mu_init", "lambda_sigma_init", "lambda_gamma_init", "lambda_beta_init"):
         if key in norm:
             v = _num(norm[key], f"norm.{key}", float)
-            _check(-20 <= v <= 20, f"norm.{key}", "is a pre-sigmoid logit and must be in [-20, 20]", v)
+            _check(0 <= v <= 1, f"norm.{key}", "is the initial residual weight and must be in [0, 1]", v)
     if "squash" in norm:
         _check(norm.squash in SQUASHES, "norm.squash", f"must be one of {', '.join(SQUASHES)}", norm.squash)
+    if "eval_stats" in norm:
+        _check(norm.eval_stats in ("batch", "running"), "norm.eval_stats", "must be one of batch, running", norm.eval_stats)
+    if "dropout" in norm:
+        v = _num(norm.dropout, "norm.dropout", float)
+        _check(0 <= v < 1, "norm.dropout", "must be in [0, 1)", v)
     if "impl" in norm:
         _check(norm.impl in IMPLS, "norm.impl", f"must be one of {', '.join(IMPLS)}", norm.impl)
 
@@ -165,6 +178,11 @@ def method_name(cfg: DictConfig) -> str:
     """The row name in the baseline table: ``cfg.method`` or one derived from the config."""
     if cfg.get("method"):
         return str(cfg.method)
+    if cfg.get("reuse_phase") == "teacher":
+        return "Teacher"
+    branch = cfg.norm.get("freeze_branch") if cfg.norm.name == "autonorm" else None
+    if branch:  # the OnlyDyT / OnlyLayerNorm rows: AutoNorm with one branch's parameters frozen
+        return {"ln": "OnlyDyT", "dyt": "OnlyLayerNorm"}[branch]
     parts = [get_norm(cfg.norm.name).display_name(OmegaConf.to_container(cfg.norm, resolve=True))]  # type: ignore[arg-type]
     mode = (cfg.get("transfer") or {}).get("mode", "none")
     if mode != "none":

@@ -65,17 +65,20 @@ def _task_kwargs(cfg: DictConfig, num_classes: int) -> dict[str, Any]:
     }
 
 
-def fit_phase(cfg: DictConfig, out_dir: Path) -> None:
-    """Train a plain classification run of ``cfg`` and save it as ``out_dir/model.ckpt``."""
+def fit_phase(cfg: DictConfig, out_dir: Path, init: Path | None = None) -> None:
+    """Train a plain classification run of ``cfg`` and save it as ``out_dir/model.ckpt``
+    (starting from the weights of ``init`` but its head, when given)."""
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
     datamodule.setup("fit")
     task = ClassificationTask(**_task_kwargs(cfg, datamodule.num_classes))
+    if init is not None:
+        load_weights(task.model, model_state(read_checkpoint(init)), skip_prefixes=("head.",), source=str(init))
     tcfg = _container(cfg.trainer)
     tcfg.pop("compile", None)
     tcfg.update(default_root_dir=str(out_dir), enable_checkpointing=False, logger=False)
-    callbacks = [NonFiniteLossGuard(), TemperatureScheduler(cfg.gate.tau_start, cfg.gate.tau_end, cfg.gate.schedule)]
+    callbacks = [NonFiniteLossGuard(), TemperatureScheduler(cfg.gate.tau_start, cfg.gate.tau_end, cfg.gate.schedule, cfg.gate.get("tau_end_at", "last_step"))]
     callbacks.append(pl.callbacks.RichProgressBar())
     trainer = instantiate(tcfg, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     t0 = time.monotonic()
@@ -85,7 +88,7 @@ def fit_phase(cfg: DictConfig, out_dir: Path) -> None:
     trainer.save_checkpoint(str(out_dir / "model.ckpt"))
 
 
-def _cached_phase(cfg: DictConfig, phase: str, pcfg: DictConfig) -> Path:
+def _cached_phase(cfg: DictConfig, phase: str, pcfg: DictConfig, init: Path | None = None) -> Path:
     key_parts = {
         "phase": phase,
         "code": CODE_VERSION,
@@ -98,11 +101,12 @@ def _cached_phase(cfg: DictConfig, phase: str, pcfg: DictConfig) -> Path:
         "max_steps": pcfg.trainer.get("max_steps", -1),
         "limit_train_batches": pcfg.trainer.get("limit_train_batches"),
         "optim": _container(pcfg.optim),
+        **({"init": init.parent.name} if init is not None else {}),  # the cache entry it starts from
     }
     key = config_key(key_parts)
     cache = PhaseCache(cfg.paths.cache_dir)
     print(f"[{phase}] cache key {key} ({'hit' if cache.get(phase, key) else 'miss: training it now'})")
-    return cache.get_or_create(phase, key, lambda tmp: fit_phase(pcfg, Path(tmp)), meta=key_parts)
+    return cache.get_or_create(phase, key, lambda tmp: fit_phase(pcfg, Path(tmp), init), meta=key_parts)
 
 
 def pretrain_config(cfg: DictConfig) -> DictConfig:
@@ -130,8 +134,21 @@ def resolve_pretrained(cfg: DictConfig) -> Path:
 
 
 def resolve_teacher(cfg: DictConfig) -> Path:
+    """The teacher's checkpoint. With ``distill.teacher.pretrain_epochs > 0`` it starts, like the
+    students, from an MNIST pretraining of its own model (``transfer.pretrain.data``, cached)."""
     spec = str(cfg.distill.teacher.pretrained)
-    return _cached_phase(cfg, "teacher", teacher_config(cfg)) if spec == "auto" else Path(spec)
+    if spec != "auto":
+        return Path(spec)
+    tcfg = teacher_config(cfg)
+    epochs = int(cfg.distill.teacher.get("pretrain_epochs", 0) or 0)
+    init = None
+    if epochs > 0:
+        trainer = OmegaConf.create(_container(tcfg.trainer))
+        trainer.max_epochs = epochs
+        data = (cfg.get("transfer") or {}).get("pretrain", {}).get("data", "mnist_mini")
+        # the "student" phase: with the students' model this is the LN students' own pretraining (one cache entry)
+        init = _cached_phase(cfg, "student", derive(tcfg, data=str(data), trainer=trainer))
+    return _cached_phase(cfg, "teacher", tcfg, init)
 
 
 def reused_phase_config(cfg: DictConfig) -> DictConfig:
@@ -165,7 +182,8 @@ def build_task(cfg: DictConfig, num_classes: int) -> pl.LightningModule:
     kwargs = _task_kwargs(cfg, num_classes)
     if mode == "none" and not kd:
         return ClassificationTask(**kwargs)
-    kwargs.update(mode=mode, frozen_blocks=int(cfg.transfer.get("frozen_blocks", 0)), freeze_gates=bool(cfg.transfer.get("freeze_gates", False)))
+    t = cfg.transfer
+    kwargs.update(mode=mode, frozen_blocks=int(t.get("frozen_blocks", 0)), freeze_adaptive=bool(t.get("freeze_adaptive", False)), adapt_stats=bool(t.get("adapt_stats", False)))
     if kd:
         task: TransferTask = DistillTask(**kwargs, temperature=float(cfg.distill.temperature), weight=float(cfg.distill.weight))
     else:

@@ -1,5 +1,5 @@
 """Record what the norms do during training: the scalars each norm declares in the registry (gate
-values, alphas, AFN lambdas, ...) and gradient norms."""
+values, DyT alpha and slope, AFN lambdas, ...) and gradient norms."""
 
 from __future__ import annotations
 
@@ -11,11 +11,24 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 import torch
 
-from autonorm.norms import norm_state
+from autonorm.norms import DyT, norm_state
+
+
+def dyt_slopes(model: torch.nn.Module) -> dict[str, float]:
+    """``slope/<name>``: each DyT's effective slope at 0, ``alpha * weight`` averaged over channels
+    (an AutoNorm's inner DyT under the AutoNorm's name). An alpha near 0 makes DyT a near-linear
+    map, so this is what a gate that "picks DyT" picks."""
+    out: dict[str, float] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, DyT):
+            owner = name[: -len(".dyt")] if name.endswith(".dyt") else name
+            out[f"slope/{owner}" if owner else "slope"] = float((m.alpha.detach() * m.weight.detach()).mean())
+    return out
 
 
 class NormStateLogger(pl.Callback):
-    """Log :func:`autonorm.norms.norm_state` (per norm point) every ``every_n_steps`` steps.
+    """Log :func:`autonorm.norms.norm_state` (per norm point) and :func:`dyt_slopes` every
+    ``every_n_steps`` steps.
 
     With Gumbel gates the logged training gate mean is the frequency of hard LN choices.
     """
@@ -28,6 +41,7 @@ class NormStateLogger(pl.Callback):
             model = getattr(pl_module, "model", pl_module)
             state = norm_state(model)
             state.pop("tau", None)  # logged by TemperatureScheduler
+            state.update(dyt_slopes(model))
             if state:
                 pl_module.log_dict(state, on_step=True, on_epoch=False)
 

@@ -62,6 +62,11 @@ def make_plots(model: nn.Module, datamodule: Any, run_dir: Path) -> dict[str, Pa
                 "gate/temperature plot",
                 lambda: viz.plot_series(metrics, ("gate/", "tau"), run_dir / "gates_over_training.png", "AutoNorm gates (LN weight) and Gumbel temperature"),
             )
+        if logged("slope/"):  # beside the gates: which DyT the gates pick (alpha near 0: a linear map)
+            plots["dyt_slopes"] = _guard(
+                "DyT slope plot",
+                lambda: viz.plot_series(metrics, ("slope/",), run_dir / "dyt_slopes.png", "DyT effective slope at 0 (alpha x weight, mean over channels)"),
+            )
         if logged("lambda_"):
             plots["afn_lambdas"] = _guard("AFN lambda plot", lambda: viz.plot_series(metrics, ("lambda_",), run_dir / "afn_lambdas.png", "AFN residual weights (lambdas)"))
     grads = run_dir / "grad_norms.json"

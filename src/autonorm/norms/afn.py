@@ -1,4 +1,4 @@
-"""Adaptive Fusion Normalization (AFN) for token tensors, with BatchNorm-like running stats."""
+"""Adaptive Fusion Normalization (AFN) for token tensors."""
 from __future__ import annotations
 
 import math
@@ -14,13 +14,15 @@ from .layer_args import channel_affine, place
 from .registry import register_norm
 
 
-def _encoder_decoder(dim: int, hidden: int) -> nn.Sequential:
-    """Linear(dim, hidden) - ReLU - Linear(hidden, dim)."""
-    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(inplace=False), nn.Linear(hidden, dim))
+SIGMOID_M3 = 1.0 / (1.0 + math.exp(3.0))  # sigmoid(-3) ~= 0.0474: initial lambda_mu, lambda_sigma
+SIGMOID_M5 = 1.0 / (1.0 + math.exp(5.0))  # sigmoid(-5) ~= 0.0067: initial lambda_gamma, lambda_beta
+EVAL_STATS: tuple[str, ...] = ("batch", "running")
+_LAMBDAS = ("lambda_mu", "lambda_sigma", "lambda_gamma", "lambda_beta")
 
 
-def _logit_param(value: float) -> nn.Parameter:
-    return nn.Parameter(torch.tensor(float(value)))
+def _decoder(hidden: int, dim: int) -> nn.Sequential:
+    """ReLU - Linear(hidden, dim): one decoder on a shared encoder's output."""
+    return nn.Sequential(nn.ReLU(inplace=False), nn.Linear(hidden, dim))
 
 
 @register_norm("afn", display="AFN", logs={k: k for k in ("lambda_mu", "lambda_sigma", "lambda_gamma", "lambda_beta")})
@@ -30,40 +32,53 @@ class AFN(nn.Module):
     ASRNorm (Fan et al., 2021, "Adversarially Adaptive Normalization for Single Domain
     Generalization"), applied to tokens ``x`` of shape (B, N, C) (any (..., C) works).
 
-    Statistics (per channel, over every dimension except the last, i.e. batch and tokens)::
+    Statistics (per channel, over every dimension except the last, i.e. batch and tokens: the
+    token analogue of BatchNorm's batch and spatial positions)::
 
         mu    = mean(x)                    sigma = sqrt(var(x) + eps)       (biased variance)
 
-    Adaptive standardisation (encoder-decoders f: Linear(C, C_r) - ReLU - Linear(C_r, C),
-    C_r = max(C // reduction, 4); ``lambda = sigmoid(raw)``, raw initialised to -3)::
+    Adaptive standardisation: one shared encoder ``E_s = Linear(C, C/2)`` (dropout ``p`` on its
+    input), a decoder per statistic (``D = ReLU - Linear(C/2, C)``)::
 
-        mu_hat    = (1 - l_mu)    * mu    + l_mu    * f_mu(mu)
-        sigma_hat = (1 - l_sigma) * sigma + l_sigma * softplus(f_sigma(sigma))      (> 0)
+        mu_hat    = (1 - l_mu)    * mu    + l_mu    * D_mu(E_s(drop(mu)))
+        sigma_hat = (1 - l_sigma) * sigma + l_sigma * softplus(D_sigma(E_s(drop(sigma))))   (> 0)
         x_hat     = (x - mu_hat) / sigma_hat
 
-    Adaptive rescaling (encoder-decoders g with the same bottleneck; raw lambdas init -5)::
+    Adaptive rescaling: one shared encoder ``E_r = Linear(C, C/16)``, a decoder per output::
 
-        gamma_a = sigmoid(g_gamma(sigma))           beta_a = tanh(g_beta(mu))      (bounded)
-        gamma   = weight + l_gamma * gamma_a        beta   = bias + l_beta * beta_a
-        y       = gamma * x_hat + beta              (weight ones, bias zeros)
+        gamma_a = sigmoid(D_gamma(E_r(sigma)))          beta_a = tanh(D_beta(E_r(mu)))   (bounded)
+        gamma   = weight + l_gamma * gamma_a            beta   = bias + l_beta * beta_a
+        y       = gamma * x_hat + beta                  (weight ones, bias zeros)
 
-    With the small initial lambdas (sigmoid(-3) ~= 0.047, sigmoid(-5) ~= 0.0067) AFN starts close
-    to plain batch standardisation with affine (1, 0), i.e. BatchNorm over (batch, tokens), and
-    the residual gates let the network move towards learned statistics. The lambdas are the
-    logged quantities (properties ``lambda_mu``, ``lambda_sigma``, ``lambda_gamma``,
-    ``lambda_beta``; 0.0 when ``use_encoders=False``). Note ``eps`` enters once, inside the square
-    root; ``sigma_hat`` is kept strictly positive by the softplus.
+    The lambdas are parameters used as they are stored (no sigmoid), initialised at
+    ``sigmoid(-3)`` (``l_mu``, ``l_sigma``) and ``sigmoid(-5)`` (``l_gamma``, ``l_beta``), so AFN
+    starts close to batch standardisation with affine (1, 0) and Adam moves them at its usual
+    rate. ``l_mu`` and ``l_sigma`` enter clamped to [0, 1] (each is the weight of a convex
+    combination; this keeps ``sigma_hat > 0``); ``l_gamma`` and ``l_beta`` are unconstrained.
+    The logged lambdas are these parameters (``lambda_mu`` ...; 0.0 with ``use_encoders=False``).
 
-    Running statistics and eval mode: like BatchNorm, training updates the buffers
-    ``running_mean`` and ``running_var`` (unbiased variance) with ``momentum``
-    (``running = (1 - momentum) * running + momentum * batch``). In eval mode the running stats
-    replace the batch stats (``mu = running_mean``, ``sigma = sqrt(running_var + eps)``) and then go
-    through the *same* encoder-decoders and lambdas. This differs from the papers, where the
-    statistics fed to the encoder-decoders are always those of the input being normalized; here
-    eval outputs are deterministic and independent of the composition of the test batch
-    (a sample's output does not depend on the other samples), as with BatchNorm.
+    Evaluation (``eval_stats``): ``"batch"`` (the default, the paper's behaviour: the statistics
+    fed to the encoders are always those of the input being normalised, so the layer adapts at
+    test time and a sample's output depends on the rest of its test batch) or ``"running"``
+    (BatchNorm's: the running statistics go through the same encoder-decoders and lambdas; eval
+    outputs are deterministic per sample and the layer folds into a per-channel affine map, see
+    :meth:`eval_affine`). Training always uses batch statistics and updates ``running_mean`` /
+    ``running_var`` (unbiased variance) with ``momentum``, whichever ``eval_stats`` is chosen.
 
-    Options: ``use_encoders=False`` removes the four encoder-decoders and lambdas (plain batch
+    Deviations from the paper and the ASRNorm/AFN reference code, with their reasons:
+
+    * statistics over (batch, tokens) per channel instead of (batch, H, W): the token analogue;
+    * ``sigma = sqrt(var + eps)`` (biased) instead of ``std + eps``: the same stabiliser as
+      LayerNorm and BatchNorm here, and the statistics the C++ kernels compute;
+    * ``softplus`` instead of ReLU at the end of the sigma decoder: strictly positive (a ReLU
+      output of 0 would make ``sigma_hat`` depend on ``l_sigma < 1`` alone);
+    * the reference code passes ``l_mu`` and ``l_sigma`` through a second sigmoid in the forward
+      (their effective start is ``sigmoid(sigmoid(-3)) ~= 0.51``); here every lambda is used as
+      stored, starting at the stated ``sigmoid(-3)`` / ``sigmoid(-5)``;
+    * hidden widths ``max(C // 2, 1)`` and ``max(C // 16, 1)`` (at least one unit for tiny C);
+    * running statistics are kept (the reference has none) for ``eval_stats="running"``.
+
+    Options: ``use_encoders=False`` removes the encoder-decoders and lambdas (plain batch
     standardisation + affine, an ablation). ``sync_stats=True`` all-reduces the batch moments
     (sum, sum of squares, count) when ``torch.distributed`` is initialised with world size > 1,
     so the statistics equal those of the global batch (differentiably, like SyncBatchNorm).
@@ -75,8 +90,9 @@ class AFN(nn.Module):
     multiply-add ``x * scale + shift`` (the encoder-decoders act on (1, C) vectors); ``"fused"``
     computes the same on float32 CPU inputs with the C++ kernels of :mod:`autonorm.norms.native`
     (:class:`~autonorm.norms.native.BatchAffineNormFunction`: statistics with double accumulators,
-    output, and both backward sweeps, one sweep each), elsewhere like ``"eager"``; ``"compiled"``
-    runs the forward through ``torch.compile`` (lazily, eager fallback on failure). In eval mode the whole layer is a per-channel affine map, see :meth:`eval_affine`.
+    output, and both backward sweeps, one sweep each; the encoder-decoders stay in Python),
+    elsewhere like ``"eager"``; ``"compiled"`` runs the forward through ``torch.compile`` (lazily,
+    eager fallback on failure).
     """
 
     impl: str = "eager"
@@ -91,13 +107,16 @@ class AFN(nn.Module):
         reduction: int = 16,
         eps: float = 1e-5,
         momentum: float = 0.1,
-        lambda_mu_init: float = -3.0,
-        lambda_sigma_init: float = -3.0,
-        lambda_gamma_init: float = -5.0,
-        lambda_beta_init: float = -5.0,
+        lambda_mu_init: float = SIGMOID_M3,
+        lambda_sigma_init: float = SIGMOID_M3,
+        lambda_gamma_init: float = SIGMOID_M5,
+        lambda_beta_init: float = SIGMOID_M5,
         use_encoders: bool = True,
         sync_stats: bool = False,
         impl: str = DEFAULT_IMPL,
+        std_reduction: int = 2,
+        dropout: float = 0.3,
+        eval_stats: str = "batch",
         elementwise_affine: bool = True,
         bias: bool = True,
         device: Optional[torch.device | str] = None,
@@ -108,10 +127,16 @@ class AFN(nn.Module):
             raise ValueError(f"dim must be a positive integer, got dim={dim!r}")
         if int(reduction) < 1:
             raise ValueError(f"reduction must be >= 1, got reduction={reduction!r}")
+        if int(std_reduction) < 1:
+            raise ValueError(f"std_reduction must be >= 1, got std_reduction={std_reduction!r}")
         if not eps > 0:
             raise ValueError(f"eps must be > 0, got eps={eps!r}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got momentum={momentum!r}")
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got dropout={dropout!r}")
+        if eval_stats not in EVAL_STATS:
+            raise ValueError(f"eval_stats must be one of {list(EVAL_STATS)}, got eval_stats={eval_stats!r}")
         for name, val in (
             ("lambda_mu_init", lambda_mu_init),
             ("lambda_sigma_init", lambda_sigma_init),
@@ -119,56 +144,54 @@ class AFN(nn.Module):
             ("lambda_beta_init", lambda_beta_init),
         ):
             if not math.isfinite(float(val)):
-                raise ValueError(f"{name} must be a finite float (a raw logit), got {name}={val!r}")
+                raise ValueError(f"{name} must be a finite float (the initial lambda), got {name}={val!r}")
         self.impl = check_impl(impl)
         self.dim = int(dim)
         self.reduction = int(reduction)
-        self.hidden = max(self.dim // self.reduction, 4)
+        self.std_reduction = int(std_reduction)
+        self.std_hidden = max(self.dim // self.std_reduction, 1)
+        self.rescale_hidden = max(self.dim // self.reduction, 1)
         self.eps = float(eps)
         self.momentum = float(momentum)
         self.use_encoders = bool(use_encoders)
         self.sync_stats = bool(sync_stats)
+        self.eval_stats = eval_stats
 
         channel_affine(self, self.dim, elementwise_affine, bias)
         if self.use_encoders:
-            self.f_mu = _encoder_decoder(self.dim, self.hidden)
-            self.f_sigma = _encoder_decoder(self.dim, self.hidden)
-            self.g_gamma = _encoder_decoder(self.dim, self.hidden)
-            self.g_beta = _encoder_decoder(self.dim, self.hidden)
-            self.lambda_mu_raw = _logit_param(lambda_mu_init)
-            self.lambda_sigma_raw = _logit_param(lambda_sigma_init)
-            self.lambda_gamma_raw = _logit_param(lambda_gamma_init)
-            self.lambda_beta_raw = _logit_param(lambda_beta_init)
+            self.encoder_dropout = nn.Dropout(float(dropout))
+            self.std_encoder = nn.Linear(self.dim, self.std_hidden)
+            self.mu_decoder = _decoder(self.std_hidden, self.dim)
+            self.sigma_decoder = _decoder(self.std_hidden, self.dim)
+            self.rescale_encoder = nn.Linear(self.dim, self.rescale_hidden)
+            self.gamma_decoder = _decoder(self.rescale_hidden, self.dim)
+            self.beta_decoder = _decoder(self.rescale_hidden, self.dim)
+            for name, val in zip(_LAMBDAS, (lambda_mu_init, lambda_sigma_init, lambda_gamma_init, lambda_beta_init)):
+                setattr(self, name, nn.Parameter(torch.tensor(float(val))))
+        else:
+            for name in _LAMBDAS:
+                setattr(self, name, 0.0)
         self.register_buffer("running_mean", torch.zeros(self.dim))
         self.register_buffer("running_var", torch.ones(self.dim))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
         place(self, device, dtype)
 
-    # ---- logging accessors -------------------------------------------------------------
-    def _lam(self, name: str) -> Union[torch.Tensor, float]:
-        if not self.use_encoders:
-            return 0.0
-        return torch.sigmoid(getattr(self, name).detach())
+    # ---- encoder-decoders (on (1, C) statistics) -----------------------------------------
+    def f_mu(self, mu: torch.Tensor) -> torch.Tensor:
+        """The learned mean ``D_mu(E_s(drop(mu)))``."""
+        return self.mu_decoder(self.std_encoder(self.encoder_dropout(mu)))
 
-    @property
-    def lambda_mu(self) -> Union[torch.Tensor, float]:
-        """Effective ``sigmoid(raw)`` weight of the learned mean (0-dim tensor, detached)."""
-        return self._lam("lambda_mu_raw")
+    def f_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The learned std before the softplus, ``D_sigma(E_s(drop(sigma)))``."""
+        return self.sigma_decoder(self.std_encoder(self.encoder_dropout(sigma)))
 
-    @property
-    def lambda_sigma(self) -> Union[torch.Tensor, float]:
-        """Effective weight of the learned std."""
-        return self._lam("lambda_sigma_raw")
+    def g_gamma(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The adaptive scale before its sigmoid, ``D_gamma(E_r(sigma))``."""
+        return self.gamma_decoder(self.rescale_encoder(sigma))
 
-    @property
-    def lambda_gamma(self) -> Union[torch.Tensor, float]:
-        """Effective weight of the adaptive scale."""
-        return self._lam("lambda_gamma_raw")
-
-    @property
-    def lambda_beta(self) -> Union[torch.Tensor, float]:
-        """Effective weight of the adaptive shift."""
-        return self._lam("lambda_beta_raw")
+    def g_beta(self, mu: torch.Tensor) -> torch.Tensor:
+        """The adaptive shift before its tanh, ``D_beta(E_r(mu))``."""
+        return self.beta_decoder(self.rescale_encoder(mu))
 
     # ---- statistics --------------------------------------------------------------------
     def _batch_moments(
@@ -211,16 +234,18 @@ class AFN(nn.Module):
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
             raise ValueError(f"AFN expected last dimension {self.dim}, got shape {tuple(x.shape)}")
-        if self.training:
-            if x.numel() // self.dim < 2:
+        if self.training or self.eval_stats == "batch":
+            if self.training and x.numel() // self.dim < 2:
                 raise ValueError("AFN needs more than one value per channel in training mode")
             if self._kernels(x):
                 x2 = x.reshape(-1, self.dim)
                 y, mu, var = native.batch_affine_norm(x2, self._affine_cpu, list(self.parameters()))
-                self._update_running(mu, var, x2.shape[0])
+                if self.training:
+                    self._update_running(mu, var, x2.shape[0])
                 return y.view(x.shape)
             mu, var, count = self._batch_moments(x)
-            self._update_running(mu.detach(), var.detach(), count)
+            if self.training:
+                self._update_running(mu.detach(), var.detach(), count)
         else:
             mu, var = self.running_mean.float(), self.running_var.float()
         scale, shift = self._affine(mu, var, x.device.type)
@@ -242,7 +267,10 @@ class AFN(nn.Module):
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scale, shift)`` (C,) float32 such that the eval-mode output is exactly
         ``addcmul(shift, x.float(), scale).to(x.dtype)``: with the running stats fixed, the
-        encoder-decoders' outputs are constants (used by ``deploy``)."""
+        encoder-decoders' outputs are constants (used by ``deploy``). Only for
+        ``eval_stats="running"``: with batch statistics the eval output depends on the batch."""
+        if self.eval_stats != "running":
+            raise RuntimeError("AFN.eval_affine needs eval_stats='running' (with 'batch' the eval output depends on the batch)")
         mu, var = self.running_mean.float(), self.running_var.float()
         return self._affine(mu, var, mu.device.type)
 
@@ -260,10 +288,9 @@ class AFN(nn.Module):
             p_dtype = self.weight.dtype
             mu_in, sigma_in = mu.unsqueeze(0).to(p_dtype), sigma.unsqueeze(0).to(p_dtype)
             with torch.autocast(device_type=device_type, enabled=False):
-                l_mu = torch.sigmoid(self.lambda_mu_raw)
-                l_sigma = torch.sigmoid(self.lambda_sigma_raw)
-                l_gamma = torch.sigmoid(self.lambda_gamma_raw)
-                l_beta = torch.sigmoid(self.lambda_beta_raw)
+                l_mu = self.lambda_mu.clamp(0.0, 1.0)
+                l_sigma = self.lambda_sigma.clamp(0.0, 1.0)
+                l_gamma, l_beta = self.lambda_gamma, self.lambda_beta
                 f_mu = self.f_mu(mu_in).squeeze(0).float()
                 f_sigma = F.softplus(self.f_sigma(sigma_in).squeeze(0).float())
                 gamma_a = torch.sigmoid(self.g_gamma(sigma_in).squeeze(0).float())
@@ -282,8 +309,9 @@ class AFN(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.dim}, reduction={self.reduction}, hidden={self.hidden}, eps={self.eps}, "
-            f"momentum={self.momentum}, use_encoders={self.use_encoders}, sync_stats={self.sync_stats}"
+            f"{self.dim}, hidden={self.std_hidden}/{self.rescale_hidden}, eps={self.eps}, "
+            f"momentum={self.momentum}, use_encoders={self.use_encoders}, eval_stats={self.eval_stats!r}, "
+            f"sync_stats={self.sync_stats}"
             + ("" if self.impl == "eager" else f", impl={self.impl!r}")
         )
 

@@ -25,13 +25,33 @@ def _display(cfg: dict) -> str:
     return f"AutoNorm-{cfg.get('gate', 'soft')}{erf}"
 
 
-def token_summary(x: torch.Tensor, impl: str = "eager") -> torch.Tensor:
-    """The gate's input ``h = x.mean(dim=1)`` (B, C) for tokens ``x`` (B, N, C); with
-    ``impl="fused"`` on float32 CPU input, the C++ kernel (whose backward adds ``dh / N`` into the
-    input gradient without materialising it first), with ``impl="auto"`` where it was measured
-    faster (:func:`~autonorm.norms.fused.token_mean`). Deployed copies call this same function, so
-    their gate decisions are bit-identical."""
-    return token_mean(x, impl)
+GATE_FEATURES: tuple[str, ...] = ("mean", "mean_scale")
+_SCALE_EPS = 1e-6
+
+
+def token_summary(x: torch.Tensor, impl: str = "eager", features: str = "mean") -> torch.Tensor:
+    """The gate's input ``h`` for tokens ``x`` (B, N, C).
+
+    * ``"mean"``: ``h = m = x.mean(dim=1)`` (B, C), the first moment over tokens;
+    * ``"mean_scale"``: ``h = [m / r, log r]`` (B, 2C) with ``r = sqrt(mean over tokens of x^2 +
+      1e-6)`` per channel: the token scale (log RMS), which is what separates LayerNorm (scale
+      removed) from DyT (scale kept, squashed), and the mean relative to it (in [-1, 1]), so the
+      input does not grow with the residual stream's magnitude.
+
+    The token mean goes through :func:`~autonorm.norms.fused.token_mean` (the C++ kernel with
+    ``impl="fused"`` on float32 CPU input, whose backward adds ``dh / N`` into the input gradient
+    without materialising it first; with ``impl="auto"`` where it was measured faster). Deployed
+    copies call this same function, so their gate decisions are bit-identical."""
+    m = token_mean(x, impl)
+    if features == "mean":
+        return m
+    r = torch.sqrt(x.square().mean(dim=1) + _SCALE_EPS)
+    return torch.cat([m / r, torch.log(r)], dim=-1)
+
+
+def gate_input_dim(dim: int, features: str) -> int:
+    """Width of :func:`token_summary`'s output for ``dim`` channels."""
+    return dim * (2 if features == "mean_scale" else 1)
 
 
 def as_tokens(x: torch.Tensor) -> torch.Tensor:
@@ -57,8 +77,10 @@ class AutoNorm(nn.Module):
     * ``DyT(x) = weight * tanh(alpha * x) + bias`` -- Dynamic Tanh (Zhu et al., 2025,
       "Transformers without Normalization"), a statistics-free element-wise squashing,
 
-    and a small gate that looks at the per-sample summary ``h = x.mean(dim=1)`` (B, C), the mean
-    over tokens of the layer's input, and returns a mixing weight ``a`` (B,) in [0, 1]:
+    and a small gate that looks at a per-sample summary ``h`` of the layer's input over tokens
+    (``gate_features="mean"``: the mean ``x.mean(dim=1)`` (B, C); ``"mean_scale"``: the mean
+    relative to the token RMS and the log RMS per channel (B, 2C), see :func:`token_summary`)
+    and returns a mixing weight ``a`` (B,) in [0, 1]:
 
         out = a * LN(x) + (1 - a) * DyT(x),        a broadcast as (B, 1, 1).
 
@@ -74,7 +96,11 @@ class AutoNorm(nn.Module):
 
     Baselines via ``freeze_branch``: ``"ln"`` freezes the LayerNorm branch's parameters
     (``requires_grad=False``; the "OnlyDyT" baseline) and ``"dyt"`` freezes DyT's parameters
-    (the "OnlyLayerNorm" baseline). The gate itself always stays trainable.
+    (the "OnlyLayerNorm" baseline). The gate itself always stays trainable and still blends the
+    frozen branch in (the rows' original definitions; they are not single-norm models).
+
+    ``alpha_param`` is passed to the inner DyT (``"direct"`` or ``"positive"``, see
+    :class:`~autonorm.norms.DyT`).
 
     Analysis hooks: ``last_gate`` holds a detached copy (B,) of the last forward's ``a`` (None
     before the first forward); setting ``gate_override`` to a float in [0, 1] makes ``a`` that
@@ -116,6 +142,8 @@ class AutoNorm(nn.Module):
         eps: float = 1e-6,
         impl: str = DEFAULT_IMPL,
         squash: str = "tanh",
+        gate_features: str = "mean_scale",
+        alpha_param: str = "direct",
         elementwise_affine: bool = True,
         bias: bool = True,
         device: Optional[torch.device | str] = None,
@@ -135,20 +163,26 @@ class AutoNorm(nn.Module):
         if squash not in SQUASHES:
             raise ValueError(f"squash must be one of {list(SQUASHES)}, got squash={squash!r}")
         self.squash = squash
+        if gate_features not in GATE_FEATURES:
+            raise ValueError(f"gate_features must be one of {list(GATE_FEATURES)}, got gate_features={gate_features!r}")
+        self.gate_features = gate_features
+        if alpha_param != "direct" and squash != "tanh":
+            raise ValueError(f"alpha_param={alpha_param!r} is only available with squash='tanh' (Derf keeps its alpha direct)")
         self.impl = check_impl(impl)
         self.dim = int(dim)
         self.gate_type = gate
         self.freeze_branch = freeze_branch
         self.ln = LayerNorm(self.dim, eps=eps, elementwise_affine=elementwise_affine, bias=bias)
         self.dyt: nn.Module = (
-            DyT(self.dim, alpha_init=alpha_init, impl=self.impl, elementwise_affine=elementwise_affine, bias=bias)
+            DyT(self.dim, alpha_init=alpha_init, impl=self.impl, alpha_param=alpha_param, elementwise_affine=elementwise_affine, bias=bias)
             if squash == "tanh"
             else Derf(self.dim, alpha_init=alpha_init, elementwise_affine=elementwise_affine, bias=bias)
         )
+        gate_dim = gate_input_dim(self.dim, gate_features)
         self.gate: nn.Module = (
-            SoftGate(self.dim, hidden=int(gate_hidden))
+            SoftGate(gate_dim, hidden=int(gate_hidden))
             if gate == "soft"
-            else GumbelGate(self.dim, hidden=int(gate_hidden))
+            else GumbelGate(gate_dim, hidden=int(gate_hidden))
         )
         if freeze_branch is not None:
             branch = self.ln if freeze_branch == "ln" else self.dyt
@@ -175,7 +209,7 @@ class AutoNorm(nn.Module):
         """The mixing weight ``a`` (B,) for input ``x`` (B, N, C), honouring ``gate_override``."""
         if self._gate_override is not None:
             return x.new_full((x.shape[0],), self._gate_override)
-        return self.gate(token_summary(as_tokens(x), self.impl))
+        return self.gate(token_summary(as_tokens(x), self.impl, self.gate_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B, N, C) -> ``a * LN(x) + (1 - a) * DyT(x)`` of the same shape; (B, C) and
@@ -204,4 +238,4 @@ class AutoNorm(nn.Module):
     def extra_repr(self) -> str:
         impl = "" if self.impl == "eager" else f", impl={self.impl!r}"
         squash = "" if self.squash == "tanh" else f", squash={self.squash!r}"
-        return f"{self.dim}, gate={self.gate_type!r}, freeze_branch={self.freeze_branch!r}{squash}{impl}"
+        return f"{self.dim}, gate={self.gate_type!r}, gate_features={self.gate_features!r}, freeze_branch={self.freeze_branch!r}{squash}{impl}"

@@ -107,12 +107,13 @@ class _DeployedAutoNormBase(nn.Module):
         super().__init__()
         self.dim = autonorm.dim
         self.impl = autonorm.impl  # the gate summary is computed as in the undeployed module
+        self.gate_features = autonorm.gate_features
         self.ln = autonorm.ln
         self.dyt = DeployedDyT(autonorm.dyt)
         self.last_gate = None
 
     def _summary(self, x: torch.Tensor) -> torch.Tensor:
-        return token_summary(as_tokens(x), self.impl)  # the same function as AutoNorm.gate_values: the same bits
+        return token_summary(as_tokens(x), self.impl, self.gate_features)  # the same function as AutoNorm.gate_values: the same bits
 
 
 class DeployedBlend(_DeployedAutoNormBase):
@@ -230,7 +231,12 @@ def _deploy_autonorm(module: AutoNorm) -> Optional[nn.Module]:
 
 
 set_deploy(DyT, DeployedDyT)
-set_deploy(AFN, DeployedAffine)
+def _deploy_afn(module: AFN) -> Optional[nn.Module]:
+    # with eval_stats="batch" AFN stays: its output depends on the batch
+    return DeployedAffine(module) if module.eval_stats == "running" else None
+
+
+set_deploy(AFN, _deploy_afn)  # type: ignore[arg-type]
 set_deploy(AutoNorm, _deploy_autonorm)  # type: ignore[arg-type]
 
 

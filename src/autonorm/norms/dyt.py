@@ -4,7 +4,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .fused import DEFAULT_IMPL, call_compiled, check_impl, dyt_auto, dyt_fused, dyt_reference
 from .layer_args import channel_affine, check_eps, place
@@ -26,6 +28,14 @@ class DyT(nn.Module):
     Takes the keyword arguments of a norm layer (:mod:`.layer_args`): ``eps`` is accepted and
     unused; ``elementwise_affine=False`` / ``bias=False`` make ``weight`` / ``bias`` constants.
 
+    ``alpha_param`` (how ``alpha`` is stored): ``"direct"`` (the paper's: ``alpha`` is the
+    parameter itself and may pass through zero, where DyT becomes the linear map
+    ``weight * alpha * x + bias``) or ``"positive"`` (``alpha = softplus(raw)`` through
+    :func:`torch.nn.utils.parametrize.register_parametrization`, so ``alpha > 0`` always; ``raw``
+    starts at ``softplus^-1(alpha_init)``, ``self.alpha`` is the effective value either way and
+    the checkpoint key becomes ``parametrizations.alpha.original``). The effective slope at 0 is
+    ``alpha * weight`` per channel (logged as ``slope/<name>``).
+
     ``impl`` selects how the same function is computed (see :mod:`autonorm.norms.fused`):
     ``"eager"`` (this formula, the reference), ``"fused"`` (the default, as in ``conf/norm``: custom
     autograd Function through ``tanh(z) = 2 sigmoid(2z) - 1``, equal up to float rounding) or ``"compiled"``
@@ -39,6 +49,7 @@ class DyT(nn.Module):
         dim: int,
         alpha_init: float = 0.5,
         impl: str = DEFAULT_IMPL,
+        alpha_param: str = "direct",
         eps: Optional[float] = None,
         elementwise_affine: bool = True,
         bias: bool = True,
@@ -56,6 +67,11 @@ class DyT(nn.Module):
         self.alpha = nn.Parameter(torch.full((1,), self.alpha_init))
         channel_affine(self, self.dim, elementwise_affine, bias)
         self.impl = check_impl(impl)
+        if alpha_param not in ALPHA_PARAMS:
+            raise ValueError(f"alpha_param must be one of {list(ALPHA_PARAMS)}, got alpha_param={alpha_param!r}")
+        self.alpha_param = alpha_param
+        if alpha_param == "positive":
+            parametrize.register_parametrization(self, "alpha", _Softplus())
         place(self, device, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,4 +86,18 @@ class DyT(nn.Module):
 
     def extra_repr(self) -> str:
         impl = "" if self.impl == "eager" else f", impl={self.impl!r}"
-        return f"{self.dim}, alpha_init={self.alpha_init}{impl}"
+        param = "" if self.alpha_param == "direct" else f", alpha_param={self.alpha_param!r}"
+        return f"{self.dim}, alpha_init={self.alpha_init}{param}{impl}"
+
+
+ALPHA_PARAMS: tuple[str, ...] = ("direct", "positive")
+
+
+class _Softplus(nn.Module):
+    """``alpha = softplus(raw)``; ``right_inverse`` maps an initial ``alpha > 0`` to its ``raw``."""
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        return F.softplus(raw)
+
+    def right_inverse(self, alpha: torch.Tensor) -> torch.Tensor:
+        return alpha + torch.log(-torch.expm1(-alpha))

@@ -1,7 +1,8 @@
 """Per-sample gates that decide how much of the LayerNorm branch AutoNorm uses.
 
-Both gates map a per-sample summary ``h`` (B, C) -- the mean over tokens of the norm's
-input -- to a mixing weight ``a`` (B,) in [0, 1]. Both carry a registered buffer ``tau``
+Both gates map a per-sample summary ``h`` (B, D) of the norm's input over tokens (see
+:func:`autonorm.norms.autonorm.token_summary`: the mean, D = C, or the mean relative to the
+token RMS and the log RMS, D = 2C) to a mixing weight ``a`` (B,) in [0, 1]. Both carry a registered buffer ``tau``
 (scalar float tensor, saved in checkpoints) and ``set_tau(float)`` so that a temperature
 schedule can treat every gate alike.
 """

@@ -15,6 +15,7 @@ __all__ = ["METRICS", "csv_text", "plot_test_accuracy", "render_markdown"]
 METRICS: tuple[tuple[str, str, str], ...] = (
     ("Val Acc (%)", "val_acc", "acc"),
     ("Test Acc (%)", "test_acc", "acc"),
+    ("Teacher Test Acc (%)", "teacher_test_acc", "acc"),
     ("Noise Acc (%)", "noise_acc", "acc"),
     ("Rotation Acc (%)", "rotation_acc", "acc"),
     ("GFLOPs / image", "flops_per_sample", "gflops"),

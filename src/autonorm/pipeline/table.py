@@ -492,6 +492,17 @@ def render_corruptions(rows: list[dict[str, Any]], baseline: str = MCE_BASELINE)
     return "\n".join(lines) + "\n"
 
 
+def _not_run_section(sweep_dir: Path) -> str:
+    """The jobs an interrupted sweep did not start (``NOT_RUN.json``, written at the sweep's end)."""
+    try:
+        info = json.loads((sweep_dir / "NOT_RUN.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    jobs = [os.path.relpath(p, sweep_dir) for p in info.get("not_run") or []]
+    listed = "\n".join(f"- `{j}`" for j in jobs) or "None."
+    return f"\n## Not run: the sweep was interrupted by {info.get('signal')}\n\n{listed}\n"
+
+
 def write_table(
     sweep_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str] | None = None,
@@ -509,6 +520,7 @@ def write_table(
     atomic_write_text(paths.csv, _csv_text(per_run))
     markdown = render_markdown(per_run, per_method, sweep_dir=sweep_dir)
     corruptions = render_corruptions(corruption_table(runs))
+    markdown += _not_run_section(Path(sweep_dir))
     atomic_write_text(paths.md, markdown + ("\n" + corruptions if corruptions else ""))
     _plot(per_method, paths.png)
     return paths

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autonorm.callbacks import AtomicCheckpointIO, RunRecord, data_record
 from autonorm.config import AutoNormError, method_name, validate
-from autonorm.phases import build_task, load_reused_phase, reused_phase_config
+from autonorm.phases import build_task, load_group, load_reused_phase, reused_phase_config
 from autonorm.pipeline.history import merge_metrics, stash_metrics
 from autonorm.pipeline.identity import make_identity, public_identity, unused_overrides, write_identity
 from autonorm.pipeline.interrupt import SWEEP, RunInterrupted, signals_interrupt
@@ -336,7 +336,6 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
     checkpoint, on the data set it was trained on unless ``data=`` says otherwise."""
     from autonorm.eval.report import evaluate_run
     from autonorm.eval.robustness import accuracy
-    from autonorm.phases import load_group
     from autonorm.tasks.checkpoint import model_from_checkpoint, read_checkpoint
 
     if not cfg.get("ckpt_path"):

@@ -134,6 +134,7 @@ def train(cfg: DictConfig) -> Optional[float]:
     :class:`~autonorm.pipeline.interrupt.RunInterrupted`.
     """
     run_dir = Path(cfg.paths.output_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)  # (Hydra made it already) so that a bad config is recorded as FAILED
     with open_dict(cfg):  # name the table row now, so even a job that fails is listed by name
         cfg.method = _best_effort_method(cfg)
     identity = make_identity(cfg)

@@ -201,16 +201,18 @@ def test_unused_settings_warn_and_are_not_part_of_the_identity(make_cfg):
 # ------------------------------------------------------------------------------ interruption
 
 
-def test_sigterm_leaves_interrupted_exits_143_and_the_same_command_resumes(tmp_path):
+def test_sigterm_leaves_interrupted_exits_143_and_the_same_command_resumes(tmp_path, capsys):
     args = (*QUICK, "+callbacks.term._target_=reliability_helpers.SignalAtStep", f"paths.output_root={tmp_path}")
     first = _py("train.py", *args, env=_env(SIGNAL_AT_STEP="2"))
     assert first.returncode == 143, first.stderr[-3000:]
     (run,) = (tmp_path / "runs" / "train").iterdir()
     assert "interrupted by SIGTERM" in (run / "INTERRUPTED").read_text()
     assert not (run / "COMPLETED").exists() and not (run / "results.json").exists()
-    again = _py("train.py", *args)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "Resuming from" in again.stdout and (run / "COMPLETED").exists() and not (run / "INTERRUPTED").exists()
+    cfg, same = _compose_run(*args)  # the same command again (in-process: no second start-up)
+    assert same == run
+    train(cfg)
+    assert "Resuming from" in capsys.readouterr().out
+    assert (run / "COMPLETED").exists() and not (run / "INTERRUPTED").exists()
     assert json.loads((run / "results.json").read_text())["steps"] == 4
 
 
@@ -227,6 +229,7 @@ def test_sigint_leaves_interrupted_and_exits_130(make_cfg, monkeypatch, capsys):
     assert signal.getsignal(signal.SIGINT) is before  # the handlers are put back
 
 
+@pytest.mark.slow  # two sweeps of three jobs in subprocesses
 def test_sigterm_in_a_multirun_writes_the_table_listing_the_jobs_not_run(tmp_path):
     sweep = tmp_path / "sweep"
     args = ("-m", *QUICK, "optim.lr=1e-3,2e-3,3e-3", "+callbacks.term._target_=reliability_helpers.SignalAtStep",
@@ -243,7 +246,7 @@ def test_sigterm_in_a_multirun_writes_the_table_listing_the_jobs_not_run(tmp_pat
     assert "Resuming from" in again.stdout and "3 completed" in (sweep / "summary_results.md").read_text()
 
 
-def test_second_process_on_a_run_folder_fails_at_once_naming_the_pid(tmp_path):
+def test_second_process_on_a_run_folder_fails_at_once_naming_the_pid(tmp_path, capsys):
     args = (*QUICK, "+callbacks.sleep._target_=reliability_helpers.SleepAtStep", f"paths.output_root={tmp_path}")
     first = subprocess.Popen([sys.executable, "train.py", *args], cwd=REPO, env=_env(SLEEP_AT_STEP="1", SLEEP_SECONDS="120"),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -252,10 +255,11 @@ def test_second_process_on_a_run_folder_fails_at_once_naming_the_pid(tmp_path):
         while not list((tmp_path / "runs" / "train").glob("*/identity.json")) and time.monotonic() < deadline:
             time.sleep(0.5)
         (run,) = (tmp_path / "runs" / "train").iterdir()
-        second = _py("train.py", *args)
-        assert second.returncode == 2, second.stderr[-3000:]
-        assert f"is in use by PID {first.pid}" in second.stderr and "Traceback" not in second.stderr
-        assert not (run / "FAILED").exists()
+        cfg, same = _compose_run(*args)  # the same command in a second process (this one)
+        assert same == run
+        err = _user_error(cfg, capsys)
+        assert f"is in use by PID {first.pid}" in err
+        assert not (run / "FAILED").exists() and first.poll() is None
     finally:
         first.kill()
         first.wait()
@@ -364,9 +368,8 @@ def test_model_change_under_a_killed_run_is_refused_before_anything_is_written(m
 
 
 def test_eval_py_on_a_run_folder_checkpoint_uses_its_data_set(tmp_path):
-    trained = _py("train.py", *QUICK, "data=cifar10_mini", "norm=afn", "gate=gumbel", f"paths.output_root={tmp_path}")
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    (run,) = (tmp_path / "runs" / "train").iterdir()
+    cfg, run = _compose_run(*QUICK, "data=cifar10_mini", "norm=afn", "gate=gumbel", f"paths.output_root={tmp_path}")
+    train(cfg)  # = python train.py <the same overrides>
     ckpt = run / "checkpoints" / "best.ckpt"
     proc = _py("eval.py", f"ckpt_path={ckpt}", "eval=none", f"paths.output_root={tmp_path}")
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -35,7 +35,10 @@ class WriteTableOnMultirunEnd(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if SWEEP.signal is not None:
             atomic_write_json(sweep_dir / NOT_RUN_FILE, SWEEP.as_json())
-            print(f"\nThe sweep was interrupted ({SWEEP.as_json()['signal']}): {len(SWEEP.not_run)} job(s) not run, listed in {sweep_dir / NOT_RUN_FILE}")
+            print(
+                f"\nThe sweep was interrupted ({SWEEP.as_json()['signal']}): {len(SWEEP.not_run)} job(s) not run, "
+                f"listed in {sweep_dir / NOT_RUN_FILE}; the same command with hydra.sweep.dir={sweep_dir} resumes it"
+            )
         try:
             paths = write_table(sweep_dir)
             print(f"\nBaseline table written: {', '.join(str(p) for p in paths)}")

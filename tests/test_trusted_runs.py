@@ -423,3 +423,11 @@ def test_bad_value_is_one_line_naming_the_key_exit_2(make_cfg, capsys, overrides
     err = _user_error(make_cfg("eval=none", *overrides), capsys)
     assert err.startswith(f"\nerror: {key} ") or f"error: {key} " in err, err
     assert not (Path(make_cfg().paths.output_dir) / "checkpoints").exists()
+
+
+def test_a_pretrained_checkpoint_given_by_path_counts_by_its_content(make_cfg, tmp_path):
+    ckpt = tmp_path / "student.ckpt"
+    ckpt.write_bytes(b"one")
+    first = make_identity(make_cfg("transfer=finetune", f"transfer.pretrained={ckpt}"))
+    ckpt.write_bytes(b"two")
+    assert make_identity(make_cfg("transfer=finetune", f"transfer.pretrained={ckpt}"))["config_hash"] != first["config_hash"]

@@ -21,7 +21,8 @@ that cannot change a number the run produces:
   is switched off (e.g. ``eval.noise_sigma`` with ``eval.robustness=false``).
 
 Everything else counts, including ``method`` (the table row), ``seed``, ``optim``, ``trainer``,
-the test-only callbacks and the robustness settings of ``eval``. The source: sha256 of the
+the test-only callbacks and the robustness settings of ``eval``; a checkpoint given by path
+(``transfer.pretrained``, ``distill.teacher.pretrained``) counts by its content too. The source: sha256 of the
 package's ``.py``/``.cpp``/``.h`` files and the shipped minis (content, not git state), so an edit to
 a norm changes every identity while a commit of the same content does not.
 
@@ -152,6 +153,9 @@ def identity_config(cfg: DictConfig, without_seed: bool = False) -> dict[str, An
     data = tree.get("data") or {}
     if data.get("root") is not None:
         data["root"] = str(Path(str(data["root"])).expanduser().absolute())
+    for section in (tree.get("transfer"), (tree.get("distill") or {}).get("teacher")):
+        if isinstance(section, dict) and str(section.get("pretrained", "auto")) != "auto":
+            section["pretrained_sha256"] = _file_hash(str(section["pretrained"]))
     if not tree.get("method"):
         from autonorm.config import method_name
 
@@ -160,6 +164,14 @@ def identity_config(cfg: DictConfig, without_seed: bool = False) -> dict[str, An
         except Exception:  # an invalid config: validate() names the problem later
             tree["method"] = None
     return tree
+
+
+def _file_hash(path: str) -> Optional[str]:
+    """sha256 (16 hex) of a file's content (a checkpoint given by path), None when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).expanduser().read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
 
 
 def _hash(obj: Any, length: int = 16) -> str:

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -32,7 +31,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from autonorm.cli import evaluate_checkpoint, run_job, train
 from autonorm.pipeline import identity as identity_mod
 from autonorm.pipeline.identity import make_identity, unused_overrides
-from autonorm.pipeline.runfolder import RunRefused
 
 from conftest import CONF, REPO
 

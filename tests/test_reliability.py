@@ -200,16 +200,18 @@ def test_run_killed_mid_epoch_resumes_to_identical_results(tmp_path, kill, expec
     assert torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)["global_step"] == 6  # epoch 0 stays best
 
 
-def test_run_interrupted_in_process_resumes_to_identical_results(make_cfg, tmp_path):
+def test_run_interrupted_in_process_resumes_to_identical_results(make_cfg, tmp_path, monkeypatch):
     """Faster in-process variant: an exception after step 4 of 6 (epoch 1, batch 1), then the same config again."""
     args = ("norm=autonorm", "gate=gumbel", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
-            "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "eval=none")
+            "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "eval=none",
+            "+callbacks.stop._target_=reliability_helpers.RaiseAtStep")
     ref = make_cfg(*args, run_dir=tmp_path / "ref")
     train(ref)
-    interrupted = make_cfg(*args, "+callbacks.stop._target_=reliability_helpers.RaiseAtStep", "+callbacks.stop.step=4",
-                           run_dir=tmp_path / "run")
+    interrupted = make_cfg(*args, run_dir=tmp_path / "run")
+    monkeypatch.setenv("RAISE_AT_STEP", "4")
     with pytest.raises(RuntimeError, match="interrupted at step 4"):
         train(interrupted)
+    monkeypatch.delenv("RAISE_AT_STEP")
     run = tmp_path / "run"
     assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
     again = make_cfg(*args, run_dir=run)
@@ -218,15 +220,17 @@ def test_run_interrupted_in_process_resumes_to_identical_results(make_cfg, tmp_p
     _assert_same_weights(run / "checkpoints" / "last.ckpt", tmp_path / "ref" / "checkpoints" / "last.ckpt")
 
 
-def test_resume_without_rng_state_would_differ(make_cfg, tmp_path):
+def test_resume_without_rng_state_would_differ(make_cfg, tmp_path, monkeypatch):
     """The RNGStateCallback is what makes the Gumbel noise after a resume match (control experiment)."""
     args = ("norm=autonorm", "gate=gumbel", "trainer.max_epochs=2", "trainer.limit_train_batches=3",
-            "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "eval=none", "~callbacks.rng_state")
+            "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "eval=none", "~callbacks.rng_state",
+            "+callbacks.stop._target_=reliability_helpers.RaiseAtStep")
     ref = make_cfg(*args, run_dir=tmp_path / "ref")
     train(ref)
+    monkeypatch.setenv("RAISE_AT_STEP", "4")
     with pytest.raises(RuntimeError):
-        train(make_cfg(*args, "+callbacks.stop._target_=reliability_helpers.RaiseAtStep", "+callbacks.stop.step=4",
-                       run_dir=tmp_path / "run"))
+        train(make_cfg(*args, run_dir=tmp_path / "run"))
+    monkeypatch.delenv("RAISE_AT_STEP")
     train(make_cfg(*args, run_dir=tmp_path / "run"))
     a, b = _state(tmp_path / "run" / "checkpoints" / "last.ckpt"), _state(tmp_path / "ref" / "checkpoints" / "last.ckpt")
     assert any(not torch.equal(a[k], b[k]) for k in a)
@@ -448,7 +452,10 @@ def test_sweep_with_a_failing_job_goes_on_and_rerun_skips_finished_jobs(tmp_path
     cmd = ("-m", "debug=fast", "eval=none", "optim.lr=1e-3,-1", f"paths.output_root={tmp_path}", f"hydra.sweep.dir={sweep}")
     first = _train_py(*cmd)
     assert first.returncode == 0, first.stderr[-3000:]
-    good, bad = sweep / "debug=fast,eval=none,optim.lr=0.001", sweep / "debug=fast,eval=none,optim.lr=-1"
+    runs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert len(runs) == 2 and all(re.fullmatch(r"AutoNorm-soft_mnist_mini_s0-[0-9a-f]{8}", p.name) for p in runs), runs
+    good = next(p for p in runs if (p / "COMPLETED").exists())
+    bad = next(p for p in runs if p != good)
     assert (good / "COMPLETED").exists() and (good / "results.json").exists()
     assert "optim.lr must be > 0" in (bad / "FAILED").read_text()
     assert not (bad / "results.json").exists() and not (bad / "COMPLETED").exists()

@@ -121,13 +121,58 @@ def _check_model(model: DictConfig, img_size: int = 32) -> None:
         _check(_num(model.get("stem_channels", 32), "model.stem_channels") >= 1, "model.stem_channels", "must be >= 1", model.get("stem_channels"))
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _check_data(data: DictConfig) -> None:
     _check(_num(data.batch_size, "data.batch_size") >= 1, "data.batch_size", "must be >= 1", data.batch_size)
     _check(_num(data.get("eval_batch_size", 1), "data.eval_batch_size") >= 1, "data.eval_batch_size", "must be >= 1", data.get("eval_batch_size"))
     _check(_num(data.val_size, "data.val_size", float) > 0, "data.val_size", "must be > 0", data.val_size)
+    subset = data.get("train_subset")
+    if subset is not None:
+        _check(_num(subset, "data.train_subset") >= 1, "data.train_subset", "must be null or >= 1", subset)
+    if data.get("crop_padding") is not None:
+        _check(_num(data.crop_padding, "data.crop_padding") >= 0, "data.crop_padding", "must be >= 0", data.crop_padding)
+    for key in ("mean", "std"):
+        value = data.get(key)
+        if value is None:
+            continue
+        values = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else None
+        _check(values is not None and len(values) == 3, f"data.{key}", "must be three numbers, one per channel", value)
+        numbers = [_num(v, f"data.{key}", float) for v in values or []]
+        if key == "std":
+            _check(min(numbers) > 0, "data.std", "must be > 0 for every channel", numbers)
+    device = data.get("device")
+    if device is not None:
+        text = str(device)
+        _check(text in ("cpu", "auto") or text.startswith("cuda"), "data.device", "must be null, auto, cpu or cuda[:i]", device)
+        if text.startswith("cuda"):
+            _check(_cuda_available(), "data.device", "needs a CUDA GPU and none is visible (use data.device=null)", device)
+
+
+def _trainer_arguments() -> set[str]:
+    import inspect
+
+    from pytorch_lightning import Trainer
+
+    return set(inspect.signature(Trainer.__init__).parameters) - {"self"}
 
 
 def _check_trainer(trainer: DictConfig) -> None:
+    import difflib
+
+    known = _trainer_arguments() | {"_target_", "compile"}
+    for key in trainer:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f"; did you mean trainer.{close[0]}?" if close else ""
+            raise ConfigError(f"trainer.{key} is not a Lightning Trainer argument{hint}")
+    accel = str(trainer.get("accelerator", "auto"))
+    if accel in ("gpu", "cuda"):
+        _check(_cuda_available(), "trainer.accelerator", "needs a CUDA GPU and none is visible (use trainer=cpu or trainer=default)", accel)
     me = trainer.get("max_epochs")
     if me is not None:
         _check(_num(me, "trainer.max_epochs") >= 1, "trainer.max_epochs", "must be >= 1", me)
@@ -153,6 +198,14 @@ def _structured(schema: type, section: Any, prefix: str) -> Any:
         raise ConfigError(f"{prefix}.{key}: {exc.msg if hasattr(exc, 'msg') else exc}") from None
 
 
+def _check_checkpoint_path(spec: Any, key: str) -> None:
+    """``auto`` (the phase cache) or the path of an existing checkpoint file."""
+    from pathlib import Path
+
+    if str(spec) != "auto":
+        _check(Path(str(spec)).expanduser().is_file(), key, "must be auto or an existing checkpoint file: not found", str(spec))
+
+
 def validate(cfg: DictConfig) -> None:
     """Check the composed config; raise :class:`ConfigError` naming the first bad key."""
     _check(cfg.get("resume") in ("auto", "never"), "resume", "must be auto or never", cfg.get("resume"))
@@ -167,8 +220,15 @@ def validate(cfg: DictConfig) -> None:
     transfer = cfg.get("transfer") or {}
     mode = transfer.get("mode", "none")
     _check(mode in ("none", "freeze", "finetune"), "transfer.mode", "must be none, freeze or finetune", mode)
+    if mode != "none":
+        depth = int(cfg.model.depth)
+        blocks = _num(transfer.get("frozen_blocks", 0), "transfer.frozen_blocks")
+        _check(0 <= blocks <= depth, "transfer.frozen_blocks", f"must be in [0, model.depth={depth}]", blocks)
+        _check_checkpoint_path(transfer.get("pretrained", "auto"), "transfer.pretrained")
     _check(cfg.get("reuse_phase") in (None, "teacher"), "reuse_phase", "must be null or teacher", cfg.get("reuse_phase"))
     distill = cfg.get("distill") or {}
+    if distill.get("mode", "none") != "none" or cfg.get("reuse_phase") == "teacher":
+        _check_checkpoint_path((distill.get("teacher") or {}).get("pretrained", "auto"), "distill.teacher.pretrained")
     if distill.get("mode", "none") != "none":
         _check(float(distill.temperature) > 0, "distill.temperature", "must be > 0", distill.temperature)
         _check(0 <= float(distill.weight) <= 1, "distill.weight", "must be in [0, 1]", distill.weight)

@@ -2,10 +2,13 @@
 
 A transfer run needs the MNIST-pretrained student of its own norm / gate / model; a distilled
 run also needs a teacher. With ``pretrained: auto`` both come from the phase cache
-(:class:`autonorm.pipeline.PhaseCache`, under ``paths.cache_dir``), keyed by a hash of
-everything that shapes the weights (norm, gate, model, data, seed, epochs, optimiser, code
-version). On a miss the phase is trained here, in the same job, under a file lock, so parallel
-sweep jobs that need the same pretraining train it once.
+(:class:`autonorm.pipeline.PhaseCache`, under ``paths.cache_dir``), keyed by a hash of the
+whole resolved phase config that :func:`fit_phase` reads (seed, data, model, norm, gate, optim and
+trainer, with the same exclusions as a run's identity) and of the source
+(:func:`autonorm.pipeline.identity.source_hash`): an edit to a norm is a miss, not a stale
+student. On a miss, or when the cached checkpoint cannot be read, the phase is trained here, in
+the same job, under a file lock, so parallel sweep jobs that need the same pretraining train it
+once.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from autonorm.callbacks import AtomicCheckpointIO, NonFiniteLossGuard, TemperatureScheduler
+from autonorm.callbacks import AtomicCheckpointIO, NonFiniteLossGuard, RunRecord, TemperatureScheduler, data_record
 from autonorm.config import ConfigError
 from autonorm.pipeline.cache import PhaseCache, config_key
+from autonorm.pipeline.identity import identity_config, source_hash
+from autonorm.pipeline.runfolder import checkpoint_step
 from autonorm.tasks import ClassificationTask, DistillTask, TransferTask, load_model_checkpoint, load_weights, model_state, read_checkpoint
 
 log = logging.getLogger("autonorm")
 
-#: Bump when a change to the model or norm code makes old cached checkpoints stale.
-CODE_VERSION = "1"
+#: The sections of a phase config that :func:`fit_phase` reads: its cache key.
+PHASE_KEYS = ("seed", "data", "model", "norm", "gate", "optim", "trainer")
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: Training time, epochs and steps of a cached phase, stored beside its checkpoint.
 FIT_STATS = "fit.json"
@@ -79,6 +84,7 @@ def fit_phase(cfg: DictConfig, out_dir: Path, init: Path | None = None) -> None:
     tcfg.pop("compile", None)
     tcfg.update(default_root_dir=str(out_dir), enable_checkpointing=False, logger=False)
     callbacks = [NonFiniteLossGuard(), TemperatureScheduler(cfg.gate.tau_start, cfg.gate.tau_end, cfg.gate.schedule, cfg.gate.get("tau_end_at", "last_step"))]
+    callbacks.append(RunRecord(None, data_record(datamodule)))
     callbacks.append(pl.callbacks.RichProgressBar())
     trainer = instantiate(tcfg, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     t0 = time.monotonic()
@@ -88,25 +94,23 @@ def fit_phase(cfg: DictConfig, out_dir: Path, init: Path | None = None) -> None:
     trainer.save_checkpoint(str(out_dir / "model.ckpt"))
 
 
+def phase_key(phase: str, pcfg: DictConfig, init: Path | None = None) -> tuple[str, dict[str, Any]]:
+    """The cache key of a phase config and what it hashes (the :data:`PHASE_KEYS` sections, the
+    source and, for a phase that starts from another cache entry, that entry)."""
+    resolved = identity_config(pcfg)
+    parts = {"phase": phase, "config": {k: resolved.get(k) for k in PHASE_KEYS}, "source_hash": source_hash()}
+    if init is not None:
+        parts["init"] = init.parent.name  # the cache entry it starts from
+    return config_key(parts), parts
+
+
 def _cached_phase(cfg: DictConfig, phase: str, pcfg: DictConfig, init: Path | None = None) -> Path:
-    key_parts = {
-        "phase": phase,
-        "code": CODE_VERSION,
-        "norm": _container(pcfg.norm),
-        "gate": _container(pcfg.gate) if pcfg.norm.name == "autonorm" else None,
-        "model": _container(pcfg.model),
-        "data": {k: v for k, v in _container(pcfg.data).items() if k != "root"},
-        "seed": int(pcfg.seed),
-        "max_epochs": pcfg.trainer.max_epochs,
-        "max_steps": pcfg.trainer.get("max_steps", -1),
-        "limit_train_batches": pcfg.trainer.get("limit_train_batches"),
-        "optim": _container(pcfg.optim),
-        **({"init": init.parent.name} if init is not None else {}),  # the cache entry it starts from
-    }
-    key = config_key(key_parts)
+    key, key_parts = phase_key(phase, pcfg, init)
     cache = PhaseCache(cfg.paths.cache_dir)
     print(f"[{phase}] cache key {key} ({'hit' if cache.get(phase, key) else 'miss: training it now'})")
-    return cache.get_or_create(phase, key, lambda tmp: fit_phase(pcfg, Path(tmp), init), meta=key_parts)
+    return cache.get_or_create(
+        phase, key, lambda tmp: fit_phase(pcfg, Path(tmp), init), meta=key_parts, valid=lambda p: checkpoint_step(p) is not None
+    )
 
 
 def pretrain_config(cfg: DictConfig) -> DictConfig:

@@ -1,34 +1,11 @@
-"""OmegaConf resolvers used by the configs; registered on import (``train.py`` imports this first)."""
+"""OmegaConf resolvers used by the configs; registered on import (``train.py`` imports this first).
+
+``${run_name:}`` names a run folder after the run's identity and ``${launch_stamp:}`` names a
+sweep folder uniquely per launch (both in :mod:`autonorm.pipeline.identity`).
+"""
 
 from __future__ import annotations
 
-import hashlib
-import re
+from autonorm.pipeline.identity import register_resolvers
 
-from omegaconf import OmegaConf
-
-_MAX_SLUG = 120
-
-
-def run_slug(override_dirname: str) -> str:
-    """A folder name for a run from its command-line overrides.
-
-    ``norm=afn,gate=gumbel`` -> ``norm=afn,gate=gumbel``; no overrides -> ``default``; path
-    separators become ``_`` and over-long names are cut and suffixed with a short hash, so the
-    same command always maps to the same folder.
-    """
-    if not override_dirname:
-        return "default"
-    slug = re.sub(r"[^A-Za-z0-9=,._+\-]", "_", override_dirname)
-    if len(slug) > _MAX_SLUG:
-        digest = hashlib.sha256(override_dirname.encode()).hexdigest()[:10]
-        slug = f"{slug[: _MAX_SLUG - 11]}-{digest}"
-    return slug
-
-
-def register() -> None:
-    if not OmegaConf.has_resolver("run_slug"):
-        OmegaConf.register_new_resolver("run_slug", run_slug)
-
-
-register()
+register_resolvers()

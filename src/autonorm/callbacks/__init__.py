@@ -1,6 +1,6 @@
 """Lightning callbacks and plugins of AutoNorm."""
 
-from autonorm.callbacks.checkpoint_io import AtomicCheckpointIO
+from autonorm.callbacks.checkpoint_io import AtomicCheckpointIO, RunRecord, data_record
 from autonorm.callbacks.guards import NonFiniteLossError, NonFiniteLossGuard
 from autonorm.callbacks.norm_logging import GradNormRecorder, NormStateLogger
 from autonorm.callbacks.resume import RNGStateCallback, StepCheckpoint, TrainLoaderStateCallback
@@ -14,6 +14,8 @@ __all__ = [
     "NonFiniteLossGuard",
     "NormStateLogger",
     "RNGStateCallback",
+    "RunRecord",
+    "data_record",
     "StepCheckpoint",
     "TrainLoaderStateCallback",
     "TemperatureScheduler",

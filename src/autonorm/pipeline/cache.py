@@ -105,6 +105,7 @@ class PhaseCache:
         build_fn: Callable[[Path], None],
         meta: dict | None = None,
         timeout: float | None = None,
+        valid: Callable[[Path], bool] | None = None,
     ) -> Path:
         """Return the cached checkpoint, building it with ``build_fn(tmp_dir)`` on a miss.
 
@@ -112,9 +113,10 @@ class PhaseCache:
         next to the checkpoint). The build runs while holding ``root/phase/key.lock``, so concurrent
         callers build once; ``timeout`` (seconds, None = wait forever) bounds the wait for the lock
         and raises ``filelock.Timeout`` when exceeded. If ``build_fn`` raises, the exception
-        propagates, no valid entry is left and the lock is released.
+        propagates, no valid entry is left and the lock is released. ``valid(checkpoint)`` (e.g. "the
+        file loads") turns an entry that fails it into a miss: it is rebuilt under the lock.
         """
-        hit = self.get(phase, key)
+        hit = self._valid_hit(phase, key, valid)
         if hit is not None:
             log.info("phase cache HIT: phase=%s key=%s -> %s", phase, key, hit)
             return hit
@@ -126,7 +128,7 @@ class PhaseCache:
         t_wait = time.monotonic()
         with lock:
             waited = time.monotonic() - t_wait
-            hit = self.get(phase, key)
+            hit = self._valid_hit(phase, key, valid)
             if hit is not None:
                 log.info(
                     "phase cache HIT after waiting %.1fs for another builder: phase=%s key=%s -> %s",
@@ -135,6 +137,14 @@ class PhaseCache:
                 return hit
             log.info("phase cache MISS: phase=%s key=%s, building into %s", phase, key, entry)
             return self._build_locked(phase, key, entry, build_fn, meta)
+
+    def _valid_hit(self, phase: str, key: str, valid: Callable[[Path], bool] | None) -> Path | None:
+        hit = self.get(phase, key)
+        if hit is not None and valid is not None and not valid(hit):
+            log.warning("phase cache entry %s cannot be read; rebuilding it", hit)
+            print(f"[{phase}] cached checkpoint {hit} cannot be read; rebuilding it")
+            return None
+        return hit
 
     def _build_locked(
         self, phase: str, key: str, entry: Path, build_fn: Callable[[Path], None], meta: dict | None

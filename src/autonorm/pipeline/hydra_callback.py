@@ -1,4 +1,9 @@
-"""Hydra callback: write the baseline table into the sweep folder when a multirun ends."""
+"""Hydra callback: write the baseline table into the sweep folder when a multirun ends.
+
+When SIGTERM / SIGINT interrupted the sweep (:mod:`autonorm.pipeline.interrupt`), the jobs it
+did not run are listed in ``NOT_RUN.json`` beside the table, and the process then exits with
+``128 + signal`` (the same command resumes the interrupted job and runs the others).
+"""
 
 from __future__ import annotations
 
@@ -16,9 +21,24 @@ class WriteTableOnMultirunEnd(Callback):
     """Runs :func:`autonorm.pipeline.table.write_table` on ``hydra.sweep.dir``; never raises."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from autonorm.pipeline.interrupt import SWEEP
+
+        self._write(config)
+        if SWEEP.signal is not None:
+            raise SystemExit(128 + SWEEP.signal)
+
+    def _write(self, config: DictConfig) -> None:
+        from autonorm.pipeline.interrupt import NOT_RUN_FILE, SWEEP
+        from autonorm.pipeline.io import atomic_write_json
         from autonorm.pipeline.table import write_table
 
         sweep_dir = Path(config.hydra.sweep.dir)
+        if SWEEP.signal is not None:
+            atomic_write_json(sweep_dir / NOT_RUN_FILE, SWEEP.as_json())
+            print(
+                f"\nThe sweep was interrupted ({SWEEP.as_json()['signal']}): {len(SWEEP.not_run)} job(s) not run, "
+                f"listed in {sweep_dir / NOT_RUN_FILE}; the same command with hydra.sweep.dir={sweep_dir} resumes it"
+            )
         try:
             paths = write_table(sweep_dir)
             print(f"\nBaseline table written: {', '.join(str(p) for p in paths)}")

@@ -61,9 +61,21 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], skip_prefixes
     return sorted(source_keys)
 
 
+def checkpoint_record(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What a training checkpoint records about its run: ``identity``, ``data`` (name, num_classes,
+    classes, mean, std) and ``val_metrics`` (see :class:`autonorm.callbacks.RunRecord`); ``{}`` for
+    checkpoints written before these were recorded."""
+    record = ckpt.get("autonorm")
+    return record if isinstance(record, dict) else {}
+
+
 def load_model_checkpoint(path: str | Path) -> nn.Module:
     """Rebuild the model stored in any task checkpoint of this project and load its weights."""
-    ckpt = read_checkpoint(path)
+    return model_from_checkpoint(read_checkpoint(path), path)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | Path) -> nn.Module:
+    """The model of an already read checkpoint (:func:`read_checkpoint`), weights loaded, in eval mode."""
     hp = ckpt.get("hyper_parameters") or {}
     if not {"model_cfg", "norm_cfg", "num_classes"} <= set(hp):
         raise CheckpointError(f"checkpoint {path} lacks the model config (model_cfg/norm_cfg): not from this project")

@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from autonorm import console
 from autonorm.callbacks import AtomicCheckpointIO, NonFiniteLossGuard, TemperatureScheduler
 from autonorm.config import ConfigError
 from autonorm.pipeline.cache import PhaseCache, config_key
@@ -76,7 +77,7 @@ def fit_phase(cfg: DictConfig, out_dir: Path) -> None:
     tcfg.pop("compile", None)
     tcfg.update(default_root_dir=str(out_dir), enable_checkpointing=False, logger=False)
     callbacks = [NonFiniteLossGuard(), TemperatureScheduler(cfg.gate.tau_start, cfg.gate.tau_end, cfg.gate.schedule)]
-    callbacks.append(pl.callbacks.RichProgressBar())
+    callbacks.append(console.progress_bar())
     trainer = instantiate(tcfg, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     t0 = time.monotonic()
     trainer.fit(task, datamodule=datamodule)

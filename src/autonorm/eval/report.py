@@ -38,12 +38,6 @@ def norm_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _log_images(loggers: Sequence[Any], images: dict[str, Path]) -> None:
-    for lg in loggers:
-        if lg.__class__.__name__ == "WandbLogger" and images:
-            _guard("W&B image logging", lambda: lg.log_image(key="plots", images=[str(p) for p in images.values()], caption=list(images)))
-
-
 def make_plots(model: nn.Module, datamodule: Any, run_dir: Path) -> dict[str, Path]:
     from autonorm import viz
 
@@ -125,7 +119,9 @@ def evaluate_run(
             )
     if eval_cfg.get("plots"):
         images = make_plots(model, datamodule, run_dir) or {}
-        _log_images(loggers, images)
+        from autonorm.loggers import log_plots
+
+        log_plots(loggers, images)
     if eval_cfg.get("save_norm_weights"):
         _guard("norm weights", lambda: atomic_torch_save(norm_weights(model), run_dir / f"norm_weights_{run_dir.name}.pt"))
     return out

@@ -68,3 +68,44 @@ def test_summary_rows_format_percentages_and_missing_values() -> None:
     assert rows["val acc"] == "91.23 %" and rows["test acc"] == "—"
     assert rows["train time"] == "12.3 s (1 epoch, 5 steps)"
     assert rows["FLOPs / sample"] == "11.71 M"
+
+
+# ---- W&B (offline: no key, no network) ------------------------------------------------------
+def test_wandb_run_is_named_grouped_and_tagged(make_cfg, tmp_path, monkeypatch) -> None:
+    from autonorm.loggers import build_loggers, finish
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg("logger=wandb", "norm=autonorm", "gate=gumbel", "tags=[ablation]")
+    loggers = build_loggers(cfg, tmp_path / "run")
+    wb = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
+    assert len(wb) == 1 and any(type(lg).__name__ == "RunCSVLogger" for lg in loggers)
+    run = wb[0].experiment
+    assert run.name == "AutoNorm-gumbel-s0"
+    assert {"norm:autonorm", "gate:gumbel", "transfer:none", "data:mnist_mini", "model:vit_micro", "ablation"} <= set(run.tags)
+    notes = finish(loggers, {"val_acc": 0.5}, None)
+    assert len(notes) == 1 and notes[0].startswith("W&B (offline): upload with `wandb sync ") and "offline-run-" in notes[0]
+
+
+def test_wandb_without_a_key_falls_back_to_offline(make_cfg, tmp_path, monkeypatch) -> None:
+    from autonorm.loggers import build_loggers, finish
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    loggers = build_loggers(make_cfg("logger=wandb"), tmp_path / "run")
+    wb = [lg for lg in loggers if type(lg).__name__ == "WandbLogger"]
+    assert len(wb) == 1 and wb[0].experiment.settings.mode == "offline"
+    finish(loggers, {}, None)
+
+
+def test_wandb_gets_each_plot_under_its_own_key_and_the_gradient_norms(make_cfg, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg("logger=wandb", "eval.profile=false", "eval.robustness=false", "callbacks.norm_state.every_n_steps=2")
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    images = {p.name.rsplit("_", 2)[0] for p in run.glob("wandb/offline-run-*/files/media/images/plots/*.png")}
+    assert {"curves", "attention", "grad_heatmap", "gates"} <= images
+    header = (run / "metrics.csv").read_text().split("\n", 1)[0].split(",")
+    assert any(c.startswith("grad_norm/blocks.0") for c in header) and any(c.startswith("gate/") for c in header)
+    assert "wandb sync" in capsys.readouterr().out

@@ -75,7 +75,13 @@ def wandb_group(cfg: DictConfig) -> Optional[str]:
 
 def wandb_name(cfg: DictConfig) -> str:
     """A short run name: ``AutoNorm-soft-Finetune-s0``."""
-    return f"{cfg.get('method') or cfg.norm.name}-s{cfg.seed}"
+    from autonorm.config import method_name
+
+    try:
+        method = method_name(cfg)
+    except Exception:  # an invalid config is reported by validate(), not here
+        method = cfg.get("method") or cfg.norm.name
+    return f"{method}-s{cfg.seed}"
 
 
 def wandb_tags(cfg: DictConfig) -> list[str]:
@@ -110,14 +116,19 @@ def _build_wandb(cfg: DictConfig, lcfg: DictConfig, run_dir: Path) -> Optional[A
     # `config` is also the name of instantiate's first parameter: pass it to the partial
     make = instantiate(lcfg, _partial_=True, **{k: v for k, v in options.items() if k not in ("tags",)})
     config = OmegaConf.to_container(cfg, resolve=True)
-    try:
-        logger = make(config=config, tags=options["tags"])
-        logger.experiment  # start the W&B run now, so a failure is handled here and not mid-fit
-        return logger
-    except Exception as exc:
-        log.warning("W&B could not start (%s: %s); the run goes on without it.", type(exc).__name__, exc)
-        print(f"W&B could not start ({type(exc).__name__}); continuing without it. WANDB_MODE=offline needs no key or network.")
-        return None
+    for attempt in ("as configured", "offline"):
+        try:
+            logger = make(config=config, tags=options["tags"])
+            logger.experiment  # start the W&B run now, so a failure is handled here and not mid-fit
+            return logger
+        except Exception as exc:
+            if attempt == "offline" or os.environ.get("WANDB_MODE") == "offline":
+                log.warning("W&B could not start (%s: %s); the run goes on without it.", type(exc).__name__, exc)
+                return None
+            # no key or no network: keep the W&B run on disk, to `wandb sync` later
+            log.warning("W&B could not start online (%s: %s); logging offline instead.", type(exc).__name__, exc)
+            os.environ["WANDB_MODE"] = "offline"
+    return None
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from autonorm import console
+from autonorm import CONF_DIR, console
 from autonorm.callbacks import AtomicCheckpointIO, NonFiniteLossGuard, TemperatureScheduler
 from autonorm.config import ConfigError
 from autonorm.pipeline.cache import PhaseCache, config_key
@@ -30,7 +30,6 @@ log = logging.getLogger("autonorm")
 
 #: Bump when a change to the model or norm code makes old cached checkpoints stale.
 CODE_VERSION = "1"
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: Training time, epochs and steps of a cached phase, stored beside its checkpoint.
 FIT_STATS = "fit.json"
 

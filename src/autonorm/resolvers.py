@@ -26,9 +26,19 @@ def run_slug(override_dirname: str) -> str:
     return slug
 
 
+def help_groups(*groups: str) -> str:
+    """``group: option, option`` lines for ``--help`` (only the groups a command uses)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    loader = GlobalHydra.instance().config_loader()
+    return "\n".join(f"{g}: {', '.join(sorted(loader.get_group_options(g)))}" for g in groups)
+
+
 def register() -> None:
     if not OmegaConf.has_resolver("run_slug"):
         OmegaConf.register_new_resolver("run_slug", run_slug)
+    if not OmegaConf.has_resolver("help_groups"):
+        OmegaConf.register_new_resolver("help_groups", help_groups)
 
 
 register()

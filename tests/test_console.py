@@ -109,3 +109,12 @@ def test_wandb_gets_each_plot_under_its_own_key_and_the_gradient_norms(make_cfg,
     header = (run / "metrics.csv").read_text().split("\n", 1)[0].split(",")
     assert any(c.startswith("grad_norm/blocks.0") for c in header) and any(c.startswith("gate/") for c in header)
     assert "wandb sync" in capsys.readouterr().out
+
+
+def test_runs_of_one_sweep_share_a_group() -> None:
+    from autonorm.loggers import sweep_group
+
+    assert sweep_group({"sweep": "table_mini"}, "outputs/multirun/2026-01-01_10-00-00") == "table_mini"
+    assert sweep_group({"sweep": None, "hparams_search": "optuna_norm"}, "x/y") == "optuna_norm"
+    assert sweep_group({"sweep": None}, "outputs/multirun/2026-01-01_10-00-00") == "2026-01-01_10-00-00"
+    assert sweep_group({}, "outputs/multirun/t", multirun=False) is None

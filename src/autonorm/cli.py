@@ -194,6 +194,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
     if not cfg.get("ckpt_path"):
         raise AutoNormError("ckpt_path is required: python eval.py ckpt_path=outputs/runs/.../checkpoints/best.ckpt")
+    console.quiet(ignore_warnings=bool((cfg.get("extras") or {}).get("ignore_warnings", False)))
     model = load_model_checkpoint(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()

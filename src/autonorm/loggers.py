@@ -63,14 +63,19 @@ def _hydra_runtime() -> tuple[bool, Optional[str], dict[str, Any]]:
         return False, None, {}
 
 
+def sweep_group(choices: Mapping[str, Any], sweep_dir: Optional[str], multirun: bool = True) -> Optional[str]:
+    """The W&B group of a sweep: its ``sweep=`` (or ``hparams_search=``) option, else the
+    multirun folder's name; a single run has none."""
+    for group in ("sweep", "hparams_search"):
+        if choices.get(group):
+            return str(choices[group])
+    return Path(str(sweep_dir)).name if multirun and sweep_dir else None
+
+
 def wandb_group(cfg: DictConfig) -> Optional[str]:
-    """Runs of one sweep share a group: the ``sweep=`` option, or the multirun folder's name."""
+    """Runs of one sweep share a group (:func:`sweep_group` of the running Hydra job)."""
     multirun, sweep_dir, choices = _hydra_runtime()
-    if choices.get("sweep"):
-        return str(choices["sweep"])
-    if choices.get("hparams_search"):
-        return str(choices["hparams_search"])
-    return sweep_dir if multirun else None
+    return sweep_group(choices, sweep_dir, multirun)
 
 
 def wandb_name(cfg: DictConfig) -> str:

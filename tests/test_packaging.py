@@ -55,7 +55,7 @@ def test_wheel_installed_in_a_fresh_venv_trains_outside_the_repo(tmp_path: Path)
 
     proc = subprocess.run([str(venv / "bin" / "autonorm-train"), "debug=fast", "eval=none"], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    run = work / "outputs" / "runs" / "train" / "debug=fast"
+    run = work / "outputs" / "runs" / "train" / "debug=fast,eval=none"
     assert (run / "COMPLETED").is_file() and (run / "results.json").is_file()
     assert "test acc" in proc.stdout
 

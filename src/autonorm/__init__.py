@@ -5,4 +5,4 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 #: The Hydra config tree (``train.yaml``, ``eval.yaml`` and the config groups).
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parent / "conf"

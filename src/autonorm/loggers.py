@@ -124,6 +124,9 @@ def _build_wandb(cfg: DictConfig, lcfg: DictConfig, run_dir: Path) -> Optional[A
     for attempt in ("as configured", "offline"):
         try:
             logger = make(config=config, tags=options["tags"])
+            init = getattr(logger, "_wandb_init", {})
+            if init.get("anonymous", False) is None:  # Lightning passes anonymous=None; wandb warns about any value
+                init.pop("anonymous")
             logger.experiment  # start the W&B run now, so a failure is handled here and not mid-fit
             return logger
         except Exception as exc:

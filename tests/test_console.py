@@ -118,3 +118,26 @@ def test_runs_of_one_sweep_share_a_group() -> None:
     assert sweep_group({"sweep": None, "hparams_search": "optuna_norm"}, "x/y") == "optuna_norm"
     assert sweep_group({"sweep": None}, "outputs/multirun/2026-01-01_10-00-00") == "2026-01-01_10-00-00"
     assert sweep_group({}, "outputs/multirun/t", multirun=False) is None
+
+
+def test_debug_overfit_and_profiler_configs_compose_and_validate(tmp_path) -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    from autonorm.config import validate
+    from conftest import CONF
+
+    for option in ("overfit", "profiler"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"debug={option}", f"paths.output_root={tmp_path}"])
+        GlobalHydra.instance().clear()
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(tmp_path / option)
+        validate(cfg)
+        if option == "overfit":  # the same few un-augmented images every epoch
+            assert cfg.data.train_subset == 4 * cfg.data.batch_size and not cfg.data.flip and cfg.data.crop_padding == 0
+        else:
+            assert type(instantiate(cfg.trainer.profiler)).__name__ == "SimpleProfiler"

@@ -17,11 +17,11 @@ export OMP_WAIT_POLICY ?= passive
 
 .PHONY: install demo test test-all table table-full dg table-recipe bench lint clean
 
-.venv/.installed: pyproject.toml
+.venv/.installed: pyproject.toml constraints.txt
 	python3 -m venv .venv
 	.venv/bin/pip install --upgrade --quiet pip
-	# torch and torchvision are pinned in pyproject (they lie on the dev machines' disk)
-	.venv/bin/pip install --quiet -e '.[dev]'
+	# pyproject.toml states ranges; constraints.txt holds the exact versions tested together
+	.venv/bin/pip install --quiet -c constraints.txt -e '.[dev]'
 	# build the C++ norm kernels now (~15 s, cached in ~/.cache/autonorm); a failure only warns
 	.venv/bin/python -c "from autonorm.norms import native; print('C++ norm kernels:', native.status())"
 	touch $@

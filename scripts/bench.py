@@ -94,7 +94,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from autonorm.build import build_model  # noqa: E402
 from autonorm.pipeline.io import atomic_write_json  # noqa: E402
 
-CONF = REPO / "conf"
+CONF = REPO / "src" / "autonorm" / "conf"
 DEFAULT_OUT = REPO / "outputs" / "bench" / "bench.json"
 
 #: Training batch per model (other models: 256).

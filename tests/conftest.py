@@ -14,7 +14,7 @@ from omegaconf import DictConfig, open_dict
 import autonorm.resolvers  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "src" / "autonorm" / "conf"
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -183,3 +183,41 @@ def test_plot_series(tmp_path, no_warnings) -> None:
         warnings.simplefilter("always")
         assert os.path.isfile(plot_series(csv_path, "nothing/", tmp_path / "none.png"))
     assert any(issubclass(w.category, UserWarning) for w in caught)
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions save, to look at what they draw."""
+    from autonorm.viz import plots
+
+    saved = []
+    real_save = plots._save
+
+    def keep(fig, out_png):
+        saved.append(fig)
+        return real_save(fig, out_png)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    return saved
+
+
+def test_every_figure_names_its_run_and_tau_has_its_own_axis(tmp_path, figures) -> None:
+    run = "AutoNorm-gumbel · seed 0 · mnist_mini · vit_micro"
+    csv_path = _fake_metrics(tmp_path / "metrics.csv")
+    vit = _vit(norms.AutoNorm)
+    imgs = _images(4)
+    plot_curves(csv_path, tmp_path / "c.png", run=run)
+    plot_series(csv_path, ("gate/", "tau"), tmp_path / "s.png", "gates", own_axis=("tau",), run=run)
+    plot_attention(vit, imgs, normalize, tmp_path / "a.png", run=run)
+    plot_grad_heatmap({"blocks.0": [1.0, 0.5], "head": [2.0, 1.0]}, tmp_path / "g.png", run=run)
+    plot_gates(collect_gate_values(vit, imgs, normalize), torch.tensor([0, 1, 0, 1]), ["a", "b"], tmp_path / "w.png", run=run)
+    assert len(figures) == 5 and all(run in fig._suptitle.get_text() for fig in figures)
+    series_fig = figures[1]
+    lines = [[line.get_label() for line in ax.get_lines()] for ax in series_fig.axes]
+    assert lines == [["gate/blocks.0.norm1", "gate/blocks.0.norm2"], ["tau"]]
+    # the gate heatmap's rows are named once, on the left panel (no overlapping labels)
+    gates_fig = figures[4]
+    assert not [t for t in gates_fig.axes[1].get_yticklabels() if t.get_text()]
+    # a rollout map's colour scale is centred on uniform attention and shared by all images
+    maps = [im for ax in figures[2].axes for im in ax.get_images() if im.get_cmap().name == "RdBu_r"]
+    assert len(maps) == 4 and len({id(im.norm) for im in maps}) == 1 and maps[0].norm.vcenter == 1.0

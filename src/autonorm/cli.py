@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 import traceback
@@ -27,8 +26,10 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from autonorm import console
 from autonorm.callbacks import AtomicCheckpointIO, RunRecord, data_record
 from autonorm.config import AutoNormError, method_name, validate
+from autonorm.loggers import build_loggers, finish as finish_loggers
 from autonorm.phases import build_task, load_group, load_reused_phase, reused_phase_config
 from autonorm.pipeline.history import merge_metrics, stash_metrics
 from autonorm.pipeline.identity import make_identity, public_identity, unused_overrides, write_identity
@@ -49,47 +50,10 @@ def _is_multirun() -> bool:
         return False
 
 
-def print_config(cfg: DictConfig) -> None:
-    """Show the resolved config (rich syntax highlighting when on a terminal)."""
-    text = OmegaConf.to_yaml(cfg, resolve=True)
-    try:
-        from rich.console import Console
-        from rich.syntax import Syntax
-
-        Console(stderr=False).print(Syntax(text, "yaml", theme="ansi_dark", background_color="default"))
-    except Exception:  # pragma: no cover - rich is a dependency, but printing must never fail a run
-        print(text)
-
-
 def _instantiate_dict(section: Optional[DictConfig]) -> list[Any]:
     if not section:
         return []
     return [instantiate(v) for v in section.values() if v is not None and "_target_" in v]
-
-
-def _stable_id(run_dir: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:12]
-
-
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list[Any]:
-    """Loggers from the ``logger`` group; W&B is forced offline unless the user chose a mode."""
-    loggers = []
-    for name, lcfg in (cfg.get("logger") or {}).items():
-        if lcfg is None:
-            continue
-        if name == "wandb":
-            os.environ.setdefault("WANDB_MODE", "offline")
-            os.environ.setdefault("WANDB_SILENT", "true")
-            os.environ.setdefault("WANDB_INIT_TIMEOUT", "30")
-            config = OmegaConf.to_container(cfg, resolve=True)
-            # `config` is also the name of instantiate's first parameter: pass it to the partial
-            make = instantiate(lcfg, _partial_=True, id=_stable_id(run_dir), resume="allow", name=run_dir.name)
-            loggers.append(make(config=config))
-        else:
-            loggers.append(instantiate(lcfg))
-    return loggers
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> pl.Trainer:
@@ -162,9 +126,11 @@ def train(cfg: DictConfig) -> Optional[float]:
 
 
 def _fit_and_report(cfg: DictConfig, run_dir: Path, identity: dict[str, Any], plan: Plan, rank_zero: bool) -> Optional[float]:
-    print_config(cfg)
+    console.quiet(ignore_warnings=bool((cfg.get("extras") or {}).get("ignore_warnings", False)))
     if rank_zero:
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    console.show_config(cfg, run_dir / "config.yaml")
+    console.show_phase_budgets(cfg)
     pl.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
 
@@ -238,30 +204,11 @@ def _fit_and_report(cfg: DictConfig, run_dir: Path, identity: dict[str, Any], pl
         results.update(evaluate_run(task.model, datamodule, cfg.eval, run_dir, loggers=loggers))
         atomic_write_json(run_dir / "results.json", results)
         mark_completed(run_dir, {"finished": time.strftime("%Y-%m-%d %H:%M:%S")})
-        for lg in loggers:
-            if lg.__class__.__name__ == "WandbLogger":
-                _finish_wandb(lg, results, best_path)
-        print(f"\nRun folder: {run_dir}\n  val acc {results['val_acc']}  test acc {results['test_acc']}")
+        notes = finish_loggers(loggers, results, best_path)
+        console.show_summary(results, run_dir)
+        for note in notes:
+            print(note)
     return results.get(cfg.optimized_metric.replace("/", "_"))
-
-
-def _finish_wandb(logger: Any, results: dict[str, Any], best_path: str) -> None:
-    """Summary metrics and the best checkpoint as an artifact; never fails the run."""
-    try:
-        import wandb
-
-        run = logger.experiment
-        scalars = {k: v for k, v in results.items() if isinstance(v, (int, float, str))}
-        run.summary.update(scalars)
-        # this run's row of the baseline table; W&B merges the rows of a group's runs
-        run.log({"results_table": wandb.Table(columns=list(scalars), data=[list(scalars.values())])})
-        if best_path:
-            art = wandb.Artifact(f"model-{run.id}", type="model")
-            art.add_file(best_path)
-            run.log_artifact(art)
-        run.finish()
-    except Exception as exc:  # pragma: no cover
-        log.warning("W&B finishing step failed (%s); the run's files are intact.", exc)
 
 
 def run_job(cfg: DictConfig, job: Any) -> Optional[float]:
@@ -342,6 +289,7 @@ def evaluate_checkpoint(cfg: DictConfig) -> dict[str, Any]:
 
     if not cfg.get("ckpt_path"):
         raise AutoNormError("ckpt_path is required: python eval.py ckpt_path=outputs/runs/.../checkpoints/best.ckpt")
+    console.quiet(ignore_warnings=bool((cfg.get("extras") or {}).get("ignore_warnings", False)))
     ckpt = read_checkpoint(cfg.ckpt_path)
     model = model_from_checkpoint(ckpt, cfg.ckpt_path)
     record = checkpoint_record(ckpt)

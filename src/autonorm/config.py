@@ -1,6 +1,6 @@
 """Typed schemas for the config groups, checked before anything trains.
 
-Hydra composes plain YAML (``conf/``); :func:`validate` then merges each group onto a dataclass
+Hydra composes plain YAML (``autonorm/conf/``); :func:`validate` then merges each group onto a dataclass
 schema with OmegaConf, which rejects wrong types and unknown keys, and each schema's
 ``__post_init__`` rejects out-of-range values. Every failure becomes a :class:`ConfigError`
 whose message names the offending key, e.g. ``optim.lr must be > 0 (got -1.0)``.

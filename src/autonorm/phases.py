@@ -23,6 +23,7 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from autonorm import CONF_DIR, console
 from autonorm.callbacks import AtomicCheckpointIO, NonFiniteLossGuard, RunRecord, TemperatureScheduler, data_record
 from autonorm.config import ConfigError
 from autonorm.pipeline.cache import PhaseCache, config_key
@@ -34,7 +35,6 @@ log = logging.getLogger("autonorm")
 
 #: The sections of a phase config that :func:`fit_phase` reads: its cache key.
 PHASE_KEYS = ("seed", "data", "model", "norm", "gate", "optim", "trainer")
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 #: Training time, epochs and steps of a cached phase, stored beside its checkpoint.
 FIT_STATS = "fit.json"
 
@@ -85,7 +85,7 @@ def fit_phase(cfg: DictConfig, out_dir: Path, init: Path | None = None) -> None:
     tcfg.update(default_root_dir=str(out_dir), enable_checkpointing=False, logger=False)
     callbacks = [NonFiniteLossGuard(), TemperatureScheduler(cfg.gate.tau_start, cfg.gate.tau_end, cfg.gate.schedule, cfg.gate.get("tau_end_at", "last_step"))]
     callbacks.append(RunRecord(None, data_record(datamodule)))
-    callbacks.append(pl.callbacks.RichProgressBar())
+    callbacks.append(console.progress_bar())
     trainer = instantiate(tcfg, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
     t0 = time.monotonic()
     trainer.fit(task, datamodule=datamodule)

@@ -50,7 +50,7 @@ class GradNormRecorder(pl.Callback):
     """Gradient L2 norm per layer (patch embedding, each block, final norm, head) over steps.
 
     Written to ``<out_dir>/grad_norms.json`` as ``{"steps": [...], "layers": {name: [...]}}``
-    at the end of fit; the gradient heatmap plot reads it.
+    at the end of fit (the gradient heatmap plot reads it) and logged as ``grad_norm/<layer>``.
     """
 
     def __init__(self, out_dir: str, every_n_steps: int = 10) -> None:
@@ -75,6 +75,8 @@ class GradNormRecorder(pl.Callback):
         self.steps.append(int(trainer.global_step))
         for layer, v in sq.items():
             self.layers[layer].append(v**0.5)
+        # the same numbers to the loggers (metrics.csv, W&B) as grad_norm/<layer>
+        pl_module.log_dict({f"grad_norm/{k}": v**0.5 for k, v in sq.items()}, on_step=True, on_epoch=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "layers": dict(self.layers)}

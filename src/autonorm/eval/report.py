@@ -38,16 +38,22 @@ def norm_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _log_images(loggers: Sequence[Any], images: dict[str, Path]) -> None:
-    for lg in loggers:
-        if lg.__class__.__name__ == "WandbLogger" and images:
-            _guard("W&B image logging", lambda: lg.log_image(key="plots", images=[str(p) for p in images.values()], caption=list(images)))
+def run_title(run_dir: Path) -> str:
+    """What a figure belongs to: method, seed, data and model from the run's config.yaml."""
+    try:
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(run_dir / "config.yaml")
+        return f"{cfg.method} · seed {cfg.seed} · {cfg.data.name} · {cfg.model.name}"
+    except Exception:  # eval.py's folder, or a run without its config: the folder's name
+        return run_dir.name
 
 
 def make_plots(model: nn.Module, datamodule: Any, run_dir: Path) -> dict[str, Path]:
     from autonorm import viz
 
     name = run_dir.name
+    run = run_title(run_dir)
     plots: dict[str, Path] = {}
     metrics = run_dir / "metrics.csv"
     if metrics.exists():
@@ -56,11 +62,11 @@ def make_plots(model: nn.Module, datamodule: Any, run_dir: Path) -> dict[str, Pa
         def logged(*prefixes: str) -> bool:
             return any(c.startswith(prefixes) for c in columns)
 
-        plots["curves"] = _guard("curves plot", lambda: viz.plot_curves(metrics, run_dir / f"{name}_accuracy_loss.png"))
+        plots["curves"] = _guard("curves plot", lambda: viz.plot_curves(metrics, run_dir / f"{name}_accuracy_loss.png", run=run))
         if logged("gate/", "tau"):
             plots["gates_over_training"] = _guard(
                 "gate/temperature plot",
-                lambda: viz.plot_series(metrics, ("gate/", "tau"), run_dir / "gates_over_training.png", "AutoNorm gates (LN weight) and Gumbel temperature"),
+                lambda: viz.plot_series(metrics, ("gate/", "tau"), run_dir / "gates_over_training.png", "AutoNorm gates (LN weight) and Gumbel temperature", own_axis=("tau",), run=run),
             )
         if logged("slope/"):  # beside the gates: which DyT the gates pick (alpha near 0: a linear map)
             plots["dyt_slopes"] = _guard(
@@ -68,17 +74,17 @@ def make_plots(model: nn.Module, datamodule: Any, run_dir: Path) -> dict[str, Pa
                 lambda: viz.plot_series(metrics, ("slope/",), run_dir / "dyt_slopes.png", "DyT effective slope at 0 (alpha x weight, mean over channels)"),
             )
         if logged("lambda_"):
-            plots["afn_lambdas"] = _guard("AFN lambda plot", lambda: viz.plot_series(metrics, ("lambda_",), run_dir / "afn_lambdas.png", "AFN residual weights (lambdas)"))
+            plots["afn_lambdas"] = _guard("AFN lambda plot", lambda: viz.plot_series(metrics, ("lambda_",), run_dir / "afn_lambdas.png", "AFN residual weights (lambdas)", run=run))
     grads = run_dir / "grad_norms.json"
     if grads.exists():
-        plots["grad_heatmap"] = _guard("gradient heatmap", lambda: viz.plot_grad_heatmap(grads, run_dir / "grad_heatmap.png"))
+        plots["grad_heatmap"] = _guard("gradient heatmap", lambda: viz.plot_grad_heatmap(grads, run_dir / "grad_heatmap.png", run=run))
     x, y = datamodule.test_x[:8], datamodule.test_y[:8]
-    plots["attention"] = _guard("attention maps", lambda: viz.plot_attention(model, x, datamodule.normalize, run_dir / "attention_rollout.png"))
+    plots["attention"] = _guard("attention maps", lambda: viz.plot_attention(model, x, datamodule.normalize, run_dir / "attention_rollout.png", run=run))
     if any(hasattr(m, "last_gate") for m in model.modules()):
         xs, ys = datamodule.test_x[:1000], datamodule.test_y[:1000]
         gates = _guard("gate values", lambda: viz.collect_gate_values(model, xs, datamodule.normalize))
         if gates:
-            plots["gates"] = _guard("gate plot", lambda: viz.plot_gates(gates, ys, datamodule.classes, run_dir / "gate_weights.png"))
+            plots["gates"] = _guard("gate plot", lambda: viz.plot_gates(gates, ys, datamodule.classes, run_dir / "gate_weights.png", run=run))
     return {k: Path(v) for k, v in plots.items() if v}
 
 
@@ -136,7 +142,9 @@ def evaluate_run(
             )
     if eval_cfg.get("plots"):
         images = make_plots(model, datamodule, run_dir) or {}
-        _log_images(loggers, images)
+        from autonorm.loggers import log_plots
+
+        log_plots(loggers, images)
     if eval_cfg.get("save_norm_weights"):
         _guard("norm weights", lambda: atomic_torch_save(norm_weights(model), run_dir / f"norm_weights_{run_dir.name}.pt"))
     return out

@@ -60,8 +60,11 @@ class WriteTableOnMultirunEnd(Callback):
             os.environ.setdefault("WANDB_MODE", "offline")
             with open(csv_path, newline="", encoding="utf-8") as fh:
                 rows = list(csv.reader(fh))
+            from autonorm.loggers import sweep_group
+
             run = wandb.init(project=config.logger.wandb.get("project", "autonorm"), dir=str(sweep_dir),
-                             name=f"table-{sweep_dir.name}", job_type="baseline-table", reinit="finish_previous")
+                             name=f"table-{sweep_dir.name}", job_type="baseline-table", reinit="finish_previous",
+                             group=sweep_group(config.hydra.runtime.choices, str(sweep_dir)))
             run.log({"summary_results": wandb.Table(columns=rows[0], data=rows[1:])})
             run.finish()
         except Exception as exc:  # never let W&B break the sweep's end

@@ -21,6 +21,7 @@ import glob
 import json
 import math
 import os
+import textwrap
 import warnings
 from typing import Callable, Mapping, Optional, Sequence, Union
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
+from matplotlib.colors import LogNorm, TwoSlopeNorm
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -59,9 +60,17 @@ def _warn(msg: str) -> None:
 
 
 def _new_figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100)
+    # constrained layout keeps titles, labels, legends and colour bars inside the canvas
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
+
+
+def _title(fig: Figure, title: Optional[str], run: Optional[str]) -> None:
+    """The figure's title and, on a line below, the run it belongs to (wrapped, never clipped)."""
+    lines = [t for t in (title, "\n".join(textwrap.wrap(run, 100)) if run else None) if t]
+    if lines:
+        fig.suptitle("\n".join(lines), fontsize=10)
 
 
 def _save(fig: Figure, out_png: PathLike) -> str:
@@ -72,11 +81,11 @@ def _save(fig: Figure, out_png: PathLike) -> str:
     return path
 
 
-def _placeholder(out_png: PathLike, title: str, reason: str) -> str:
+def _placeholder(out_png: PathLike, title: str, reason: str, run: Optional[str] = None) -> str:
     fig = _new_figure(6, 4)
     ax = fig.add_subplot(1, 1, 1)
     ax.text(0.5, 0.5, f"no data\n{reason}", ha="center", va="center", wrap=True)
-    ax.set_title(title)
+    _title(fig, title, run)
     ax.set_axis_off()
     return _save(fig, out_png)
 
@@ -135,7 +144,7 @@ def _series(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------
 
 
-def plot_curves(metrics_csv: PathLike, out_png: PathLike, title: Optional[str] = None) -> str:
+def plot_curves(metrics_csv: PathLike, out_png: PathLike, title: Optional[str] = "accuracy and loss", run: Optional[str] = None) -> str:
     """Accuracy (left) and loss (right) curves of every train/val/test column vs step.
 
     Columns whose name contains ``acc`` / ``loss`` (e.g. ``train/acc``, ``val/loss``,
@@ -144,13 +153,13 @@ def plot_curves(metrics_csv: PathLike, out_png: PathLike, title: Optional[str] =
     """
     data = read_metrics_csv(metrics_csv)
     if not data:
-        return _placeholder(out_png, title or "training curves", f"no metrics in {metrics_csv}")
+        return _placeholder(out_png, title or "training curves", f"no metrics in {metrics_csv}", run)
     n = len(next(iter(data.values())))
     xname, x = _x_axis(data, n)
     panels = {"accuracy": [c for c in data if "acc" in c.lower()], "loss": [c for c in data if "loss" in c.lower()]}
     if not any(panels.values()):
         _warn(f"{metrics_csv}: no accuracy or loss columns (columns: {sorted(data)})")
-        return _placeholder(out_png, title or "training curves", "no accuracy / loss columns")
+        return _placeholder(out_png, title or "training curves", "no accuracy / loss columns", run)
     fig = _new_figure(11, 4)
     for i, (label, cols) in enumerate(panels.items()):
         ax = fig.add_subplot(1, 2, i + 1)
@@ -170,8 +179,7 @@ def plot_curves(metrics_csv: PathLike, out_png: PathLike, title: Optional[str] =
         ax.set_xlabel(xname)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title)
+    _title(fig, title, run)
     return _save(fig, out_png)
 
 
@@ -240,21 +248,23 @@ def plot_attention(
     grid_size: Optional[int] = None,
     max_images: int = 8,
     titles: Optional[Sequence[str]] = None,
+    run: Optional[str] = None,
 ) -> str:
-    """Overlay the attention rollout on a few images (top row: image, bottom row: overlay).
+    """The attention rollout of a few images (top row: image, bottom row: its rollout map).
 
     ``model.get_attention_maps(normalize(x01))`` must return (B, heads, N, N) maps (the
     :class:`~autonorm.models.vit.VisionTransformer` API). The rollout over the ``N - 1`` patches
-    is reshaped to ``grid_size x grid_size`` (default ``sqrt(N - 1)``), bilinearly upsampled to the
-    image size, scaled to [0, 1] per image and drawn with alpha over the image. Pass the same
-    fixed test images for every method.
+    is reshaped to ``grid_size x grid_size`` (default ``sqrt(N - 1)``) and shown per patch as a
+    multiple of uniform attention (1 = every patch the same) on one diverging colour scale
+    centred at 1 and shared by all images (red above, blue below uniform; a colour bar), so maps
+    can be compared across images and, with the same fixed test images, across methods.
     """
     if images_uint8 is None or len(images_uint8) == 0:
         _warn("plot_attention: no images")
-        return _placeholder(out_png, "attention rollout", "no images")
+        return _placeholder(out_png, "attention rollout", "no images", run)
     if not hasattr(model, "get_attention_maps"):
         _warn(f"plot_attention: {type(model).__name__} has no get_attention_maps()")
-        return _placeholder(out_png, "attention rollout", "model exposes no attention maps")
+        return _placeholder(out_png, "attention rollout", "model exposes no attention maps", run)
     x01 = _to_float01(images_uint8[:max_images].cpu())
     b, _, h, w = x01.shape
     was_training = model.training
@@ -268,23 +278,22 @@ def plot_attention(
     g = grid_size or int(round(math.sqrt(roll.shape[1])))
     if g * g != roll.shape[1]:
         raise ValueError(f"{roll.shape[1]} patch tokens do not form a {g}x{g} grid")
-    heat = F.interpolate(roll.view(b, 1, g, g), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-    lo = heat.flatten(1).amin(1).view(b, 1, 1)
-    hi = heat.flatten(1).amax(1).view(b, 1, 1)
-    heat = (heat - lo) / (hi - lo).clamp_min(1e-12)
-    fig = _new_figure(1.6 * b + 0.4, 3.5)
+    rel = (roll * roll.shape[1]).view(b, g, g).numpy()  # 1.0 = uniform attention over the patches
+    # diverging around uniform, one scale for all images: red above, blue below uniform
+    scale = TwoSlopeNorm(vcenter=1.0, vmin=float(min(rel.min(), 0.99)), vmax=float(max(rel.max(), 1.01)))
+    fig = _new_figure(1.5 * b + 1.2, 3.9)
+    axes = fig.subplots(2, b, squeeze=False)
     for i in range(b):
         img = x01[i].permute(1, 2, 0).clamp(0, 1).numpy()
-        ax = fig.add_subplot(2, b, i + 1)
-        ax.imshow(img, interpolation="nearest")
-        ax.set_axis_off()
+        top, bottom = axes[0][i], axes[1][i]
+        top.imshow(img, interpolation="nearest")
+        top.set_axis_off()
         if titles is not None and i < len(titles):
-            ax.set_title(str(titles[i]), fontsize=8)
-        ax = fig.add_subplot(2, b, b + i + 1)
-        ax.imshow(img, interpolation="nearest")
-        ax.imshow(heat[i].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="bilinear")
-        ax.set_axis_off()
-    fig.suptitle("attention rollout (class token)", fontsize=10)
+            top.set_title(str(titles[i]), fontsize=8)
+        im = bottom.imshow(rel[i], cmap="RdBu_r", norm=scale, interpolation="nearest", extent=(0, w, h, 0))
+        bottom.set_axis_off()
+    fig.colorbar(im, ax=list(axes[1]), shrink=0.9, label="attention / uniform")
+    _title(fig, "attention rollout of the class token per patch (1 = uniform)", run)
     return _save(fig, out_png)
 
 
@@ -299,6 +308,7 @@ def plot_grad_heatmap(
     layer_names: Optional[Sequence[str]] = None,
     steps: Optional[Sequence[float]] = None,
     title: str = "gradient norm per layer",
+    run: Optional[str] = None,
 ) -> str:
     """Heatmap of gradient norms, layers as rows and training steps as columns, log colours.
 
@@ -314,7 +324,7 @@ def plot_grad_heatmap(
                 grad_norms = json.load(fh)
         except (OSError, ValueError) as exc:
             _warn(f"plot_grad_heatmap: cannot read {os.fspath(grad_norms)}: {exc}")
-            return _placeholder(out_png, title, "unreadable gradient-norm file")
+            return _placeholder(out_png, title, "unreadable gradient-norm file", run)
     if isinstance(grad_norms, Mapping) and isinstance(grad_norms.get("layers"), Mapping):
         if steps is None and grad_norms.get("steps") is not None:
             steps = list(grad_norms["steps"])
@@ -333,7 +343,7 @@ def plot_grad_heatmap(
             mat = mat[None, :]
         if mat.ndim != 2:
             _warn(f"plot_grad_heatmap: expected a 2D array, got shape {mat.shape}")
-            return _placeholder(out_png, title, "grad norms are not 2D")
+            return _placeholder(out_png, title, "grad norms are not 2D", run)
         names = [str(n) for n in layer_names] if layer_names is not None else []
         if len(names) != mat.shape[0]:
             if layer_names is not None:
@@ -342,7 +352,7 @@ def plot_grad_heatmap(
     valid = np.isfinite(mat) & (mat > 0)
     if mat.size == 0 or not valid.any():
         _warn("plot_grad_heatmap: no positive finite gradient norms")
-        return _placeholder(out_png, title, "no positive gradient norms")
+        return _placeholder(out_png, title, "no positive gradient norms", run)
     masked = np.ma.masked_where(~valid, mat)
     vmin, vmax = float(mat[valid].min()), float(mat[valid].max())
     if vmax <= vmin:
@@ -361,7 +371,7 @@ def plot_grad_heatmap(
         ax.set_xlabel("step")
     else:
         ax.set_xlabel("logged step index")
-    ax.set_title(title)
+    _title(fig, title, run)
     return _save(fig, out_png)
 
 
@@ -426,6 +436,7 @@ def plot_gates(
     classes: Optional[Sequence[str]],
     out_png: PathLike,
     title: str = "AutoNorm gate (weight of LayerNorm)",
+    run: Optional[str] = None,
 ) -> str:
     """Gate statistics per norm point: distribution (left) and mean per class (right).
 
@@ -436,13 +447,13 @@ def plot_gates(
     names = [str(k) for k in gate_values]
     if not names:
         _warn("plot_gates: no gate values (is the model an AutoNorm model?)")
-        return _placeholder(out_png, title, "no gate values")
+        return _placeholder(out_png, title, "no gate values", run)
     vals = [_np1d(v) for v in gate_values.values()]
     lab = _np1d(labels).astype(int) if labels is not None else None
     n = len(vals[0])
     if any(len(v) != n for v in vals) or n == 0:
         _warn("plot_gates: norm points have different (or zero) numbers of samples")
-        return _placeholder(out_png, title, "inconsistent gate values")
+        return _placeholder(out_png, title, "inconsistent gate values", run)
     k = int(max(lab.max() + 1 if lab is not None and lab.size else 0, len(classes) if classes else 0))
     heat = None
     if lab is None or len(lab) != n:
@@ -473,7 +484,7 @@ def plot_gates(
         im = ax2.imshow(np.ma.masked_invalid(heat), aspect="auto", cmap="coolwarm", vmin=0, vmax=1)
         fig.colorbar(im, ax=ax2, label="mean gate")
         ax2.set_yticks(range(len(names)))
-        ax2.set_yticklabels(names, fontsize=8)
+        ax2.tick_params(labelleft=False)  # the same rows as the left panel, named there
         ax2.set_xticks(range(k))
         ax2.set_xticklabels(class_names, rotation=45, ha="right", fontsize=8)
         if heat.size <= 300:
@@ -481,7 +492,8 @@ def plot_gates(
                 if np.isfinite(v):
                     ax2.text(c_, r, f"{v:.2f}", ha="center", va="center", fontsize=6)
         ax2.set_title("mean gate per class", fontsize=10)
-    fig.suptitle(title, fontsize=11)
+    ax.set_title("per-sample gate", fontsize=10)
+    _title(fig, title, run)
     return _save(fig, out_png)
 
 
@@ -496,8 +508,13 @@ def plot_series(
     out_png: PathLike,
     title: Optional[str] = None,
     logy: bool = False,
+    own_axis: Sequence[str] = (),
+    run: Optional[str] = None,
 ) -> str:
     """Plot every series whose name starts with ``keys_prefix`` (one prefix or several) vs step.
+
+    Series whose name starts with one of ``own_axis`` (e.g. ``"tau"`` beside the gates) are drawn
+    on a second panel below, with its own y axis and the same steps.
 
     ``csv_or_dict``: a Lightning ``metrics.csv`` (or run folder), or a dict. In a dict, a value is
     a sequence of numbers (x = ``dict["step"]`` if present with the same length, else 0, 1, ...)
@@ -534,23 +551,28 @@ def plot_series(
             series.append((str(key), xs, ys))
     if not series:
         _warn(f"plot_series: no data for prefix {prefixes}")
-        return _placeholder(out_png, label, f"no series starting with {prefixes}")
-    fig = _new_figure(8, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    cmap = _series_colors(len(series))
-    for (name, xs, ys), color in zip(series, cmap):
-        style = "o-" if len(ys) <= 30 else "-"
-        ax.plot(xs, ys, style, markersize=3, linewidth=1.2, label=name, color=color)
-    if logy:
-        if all((ys > 0).all() for _, _, ys in series):
-            ax.set_yscale("log")
-        else:
-            _warn("plot_series: non-positive values, keeping a linear y axis")
-    if len(series) <= 16:
-        ax.legend(fontsize=7, ncol=2 if len(series) > 8 else 1)
-    ax.set_xlabel("step")
-    ax.set_title(label)
-    ax.grid(alpha=0.3)
+        return _placeholder(out_png, label, f"no series starting with {prefixes}", run)
+    own = tuple(own_axis)
+    groups = [[s for s in series if not s[0].startswith(own)] if own else series, [s for s in series if own and s[0].startswith(own)]]
+    groups = [grp for grp in groups if grp]
+    fig = _new_figure(9, 4.5 if len(groups) == 1 else 6.0)
+    axes = fig.subplots(len(groups), 1, sharex=True, squeeze=False, height_ratios=[3, 1.4][: len(groups)])[:, 0]
+    for ax, group in zip(axes, groups):
+        for (name, xs, ys), color in zip(group, _series_colors(len(group))):
+            style = "o-" if len(ys) <= 30 else "-"
+            ax.plot(xs, ys, style, markersize=3, linewidth=1.2, label=name, color=color)
+        if logy:
+            if all((ys > 0).all() for _, _, ys in group):
+                ax.set_yscale("log")
+            else:
+                _warn("plot_series: non-positive values, keeping a linear y axis")
+        if len(group) == 1:
+            ax.set_ylabel(group[0][0])
+        elif len(group) <= 24:  # beside the plot, so it never covers a line
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=2 if len(group) > 12 else 1)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("step")
+    _title(fig, label, run)
     return _save(fig, out_png)
 
 

@@ -29,7 +29,7 @@ def _params(sweep: str) -> dict:
     return yaml.safe_load((CONF / "sweep" / f"{sweep}.yaml").read_text())["hydra"]["sweeper"]["params"]
 
 
-@pytest.mark.parametrize("variant,norm,gate", [("LN", "ln", None), ("DyT", "dyt", None), ("AutoNorm-soft", "autonorm", "soft"), ("AutoNorm-gumbel", "autonorm", "gumbel"), ("AFN", "afn", None)])
+@pytest.mark.parametrize("variant,norm,gate", [("LN", "ln", None), ("DyT", "dyt", None), ("AutoNorm-soft", "autonorm", "soft"), ("AutoNorm-gumbel", "autonorm", "gumbel"), ("AFN-batch", "afn", None), ("AFN-running", "afn", None), ("Derf", "derf", None)])
 def test_dg_sweep_trains_each_student_at_the_fast_mnist_budget(variant, norm, gate):
     assert variant in _params("dg")["+dg"].split(",")
     cfg = _compose("experiment=fast_mnist", "sweep=dg", f"+dg={variant}")
@@ -56,7 +56,7 @@ def test_recipe_table_rows_exist_and_share_the_fast_cifar10_budget():
         assert cfg.optim == recipe.optim and cfg.transfer.pretrain.max_epochs == recipe.transfer.pretrain.max_epochs
         assert cfg.transfer.pretrain.data == "mnist"
     assert {"finetune", "freeze", "none"} <= modes  # the experiment's transfer mode is kept, not the recipe's
-    kd = _compose("sweep=table_recipe", "experiment=AutoNorm-Finetune-KD")
+    kd = _compose("sweep=table_recipe", "experiment=AutoNorm-soft-Finetune-KD")
     assert kd.distill.teacher.max_epochs >= kd.trainer.max_epochs  # the teacher trains at least as long
 
 

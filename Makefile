@@ -23,7 +23,7 @@ export OMP_WAIT_POLICY ?= passive
 	# pyproject.toml states ranges; constraints.txt holds the exact versions tested together
 	.venv/bin/pip install --quiet -c constraints.txt -e '.[dev]'
 	# build the C++ norm kernels now (~15 s, cached in ~/.cache/autonorm); a failure only warns
-	.venv/bin/python -c "from autonorm.norms import native; print('C++ norm kernels:', native.status())"
+	.venv/bin/python -c "from autonorm.kernels import native; print('C++ norm kernels:', native.status())"
 	touch $@
 
 install: .venv/.installed

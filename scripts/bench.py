@@ -247,14 +247,14 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
 
 def auto_choices() -> dict[str, Any]:
     """The choices ``impl="auto"`` made (or read from its cache) in this process."""
-    from autonorm.norms import select
+    from autonorm.kernels import select
 
     return select.choices()
 
 
 def native_status() -> dict[str, Any]:
     """Whether ``impl=fused`` ran the C++ kernels (and why not, when it did not)."""
-    from autonorm.norms import native
+    from autonorm.kernels import native
 
     st = native.status()
     return {"available": st["available"], "error": st["error"]}
@@ -829,9 +829,9 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         else f"estimate 2*params*tokens: {sorted(flops_sources)}",
         "flop_convention": "2 FLOPs per multiply-add (model FLOPs and matmul rates alike)",
         "deploy_available": deploy_seen,
-        # which path impl=fused took: the C++ kernels (autonorm.norms.native) or the torch-op fallback
+        # which path impl=fused took: the C++ kernels (autonorm.kernels.native) or the torch-op fallback
         "native_kernels": native_status(),
-        # what impl=auto chose in this run ({choice key: {"impl", "us"}}; autonorm.norms.select)
+        # what impl=auto chose in this run ({choice key: {"impl", "us"}}; autonorm.kernels.select)
         "auto_choices": auto_choices(),
         "ratios": {r["name"]: r for r in ratios},
         "all_pass": all(r["pass"] for r in ratios if not r["informational"]),

@@ -44,7 +44,7 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Build the C++ norm kernels once, here, before any test starts a subprocess: a subprocess
     killed mid-build (the SIGKILL resume tests) must never be the one holding the build."""
-    from autonorm.norms import native
+    from autonorm.kernels import native
 
     if native.enabled():
         native.ops()

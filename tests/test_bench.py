@@ -80,7 +80,7 @@ def test_tiny_benchmark_json_and_ratio_lines(bench, tmp_path, capsys):
     # impl=auto (the configs' default) chose a path for every norm op it met, recorded in the JSON
     ops = {k.split("|")[0] for k in data["auto_choices"]}
     assert {"dyt", "blend"} <= ops, data["auto_choices"]
-    from autonorm.norms import native
+    from autonorm.kernels import native
 
     if native.enabled():  # the figures are those of the C++ kernels, not of the fallback
         assert data["native_kernels"]["available"] is True, data["native_kernels"]

@@ -14,15 +14,12 @@ from torch import nn
 from autonorm.models.vit import VisionTransformer
 from autonorm.norms import AFN, NORMS, AutoNorm, DyT, GumbelGate, LayerNorm
 from grad_helpers import assert_every_requires_grad_subset_matches, with_impl
-from autonorm.norms import fused
-from autonorm.norms.deploy import (
-    DeployedAffine,
-    DeployedBlend,
-    DeployedDispatch,
-    DeployedDyT,
-    deploy_model,
-    deploy_module,
-)
+from autonorm.kernels import fused
+from autonorm.kernels.deploy import DeployedAffine, DeployedBlend, DeployedDispatch, DeployedDyT
+from autonorm.norms import IMPLS
+from autonorm.norms.autonorm import blend
+from autonorm.norms.deploy import deploy_model, deploy_module
+from autonorm.norms.dyt import dynamic_tanh
 
 B, N, C = 6, 5, 8
 TIGHT = dict(atol=1e-5, rtol=1e-5)
@@ -269,10 +266,10 @@ def test_gradcheck_custom_functions_float64() -> None:
         lambda *t: fused.BlendFunction.apply(*t, 1e-6), (x, a, lw, lb, alpha, w, b)
     )
     # the Functions equal the reference formulas in float64 to ~1e-15
-    torch.testing.assert_close(fused.DyTFunction.apply(x, alpha, w, b), fused.dyt_reference(x, alpha, w, b))
+    torch.testing.assert_close(fused.DyTFunction.apply(x, alpha, w, b), dynamic_tanh(x, alpha, w, b))
     torch.testing.assert_close(
         fused.BlendFunction.apply(x, a, lw, lb, alpha, w, b, 1e-6),
-        fused.blend_reference(x, a, lw, lb, 1e-6, alpha, w, b),
+        blend(x, a, lw, lb, 1e-6, alpha, w, b),
     )
 
 
@@ -283,11 +280,11 @@ def test_custom_functions_partial_requires_grad() -> None:
             torch.tensor([0.7], dtype=dt), torch.randn(5, dtype=dt), torch.randn(5, dtype=dt)]  # fmt: skip
 
     def blend_ref(x, a, lw, lb, al, w, b):
-        return fused.blend_reference(x, a, lw, lb, 1e-6, al, w, b)
+        return blend(x, a, lw, lb, 1e-6, al, w, b)
 
     assert_every_requires_grad_subset_matches(lambda *t: fused.BlendFunction.apply(*t, 1e-6), blend_ref, base)
     dyt_inputs = [base[0], base[4], base[5], base[6]]
-    assert_every_requires_grad_subset_matches(fused.DyTFunction.apply, fused.dyt_reference, dyt_inputs)
+    assert_every_requires_grad_subset_matches(fused.DyTFunction.apply, dynamic_tanh, dyt_inputs)
 
 
 @pytest.fixture
@@ -348,8 +345,8 @@ def test_compiled_failure_falls_back_to_eager_with_warning(monkeypatch) -> None:
         x = torch.randn(B, N, C)
         with pytest.warns(RuntimeWarning, match="falling back to the eager"):
             y = m(x)
-        torch.testing.assert_close(y, fused.dyt_reference(x, m.alpha, m.weight, m.bias), atol=0, rtol=0)
-        assert "dyt_reference" in fused.compile_failures()
+        torch.testing.assert_close(y, dynamic_tanh(x, m.alpha, m.weight, m.bias), atol=0, rtol=0)
+        assert "dynamic_tanh" in fused.compile_failures()
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             m(x)  # no second warning
@@ -359,7 +356,7 @@ def test_compiled_failure_falls_back_to_eager_with_warning(monkeypatch) -> None:
 
 def test_impl_argument_validation_and_registry() -> None:
     for name in ("dyt", "autonorm", "afn"):
-        for impl in fused.IMPLS:
+        for impl in IMPLS:
             m = NORMS[name](C, impl=impl)
             assert m.impl == impl
         with pytest.raises(ValueError, match="impl must be one of"):

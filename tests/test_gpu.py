@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from autonorm.norms import AFN, AutoNorm, DyT, fused, select
+from autonorm.kernels import fused, select
+from autonorm.norms import AFN, AutoNorm, DyT
 from grad_helpers import with_impl
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The C++ kernels behind ``impl="fused"`` on CPU (autonorm.norms.native): they build, they
+"""The C++ kernels behind ``impl="fused"`` on CPU (autonorm.kernels.native): they build, they
 compute what the eager reference and the torch-op path compute (forward and every gradient, at
 the shapes and thread counts training uses), and a failed build falls back cleanly."""
 from __future__ import annotations
@@ -14,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from autonorm.norms import AFN, AutoNorm, DyT, GumbelGate, fused, native, select
+from autonorm.kernels import native, select
+from autonorm.norms import AFN, DEFAULT_IMPL, AutoNorm, DyT, GumbelGate
+from autonorm.norms.autonorm import blend
+from autonorm.norms.dyt import dynamic_tanh
 from autonorm.norms.gates import logistic_noise, straight_through_binary
 from grad_helpers import assert_every_requires_grad_subset_matches, with_impl
 
@@ -160,11 +163,11 @@ def test_partial_requires_grad_native_functions(lib) -> None:
         return native.NativeBlendFunction.apply(x, a, lw, lb, al, w, b, 1e-6)
 
     def blend_ref(x, a, lw, lb, al, w, b):
-        return fused.blend_reference(x, a, lw, lb, 1e-6, al, w, b)
+        return blend(x, a, lw, lb, 1e-6, al, w, b)
 
     assert_every_requires_grad_subset_matches(blend_kernel, blend_ref, base, **TOL)
     dyt_inputs = [base[0], base[4], base[5], base[6]]
-    assert_every_requires_grad_subset_matches(native.NativeDyTFunction.apply, fused.dyt_reference, dyt_inputs, **TOL)
+    assert_every_requires_grad_subset_matches(native.NativeDyTFunction.apply, dynamic_tanh, dyt_inputs, **TOL)
 
 
 def test_dyt_kernel_extreme_inputs(lib) -> None:
@@ -248,7 +251,7 @@ def test_gumbel_gate_choice_frequency_is_softmax_probability() -> None:
 
 
 def test_deployed_hard_gate_runs_one_kernel_and_matches_the_eval_model(lib, monkeypatch) -> None:
-    from autonorm.norms.deploy import DeployedDispatch
+    from autonorm.kernels.deploy import DeployedDispatch
 
     m = _randomise(AutoNorm(16, gate="gumbel", impl="fused")).eval()
     d = DeployedDispatch(m)
@@ -437,7 +440,7 @@ def test_default_impl_is_auto_in_the_norm_configs() -> None:
     from conftest import CONF
 
     for name in ("dyt", "autonorm", "afn"):
-        assert OmegaConf.load(CONF / "norm" / f"{name}.yaml").impl == select.DEFAULT_IMPL == "auto"
+        assert OmegaConf.load(CONF / "norm" / f"{name}.yaml").impl == DEFAULT_IMPL == "auto"
 
 
 # -------------------------------------------------------------------------------- bfloat16

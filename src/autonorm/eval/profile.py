@@ -38,6 +38,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from autonorm.norms import eager_formulas
+
 __all__ = [
     "FLOP_CONVENTION",
     "MATRIX_OPS",
@@ -191,16 +193,16 @@ def count_flops(model: nn.Module, img_size: int = 32, in_chans: int = 3) -> dict
     fvcore_logger = logging.getLogger("fvcore")
     old_level = fvcore_logger.level
     fvcore_logger.setLevel(logging.ERROR)
-    # Count the model's FLOPs, not those of an implementation: trace the eager norm formulas (the
-    # C++ kernels are opaque to the tracer, the sigmoid identity of impl=fused counts differently)
-    # and the fused attention op (one handle, whichever attention path runs).
-    switched = [(m, "impl", "eager") for m in model.modules() if isinstance(getattr(m, "impl", None), str)]
-    switched += [(m, "attention", "sdpa") for m in model.modules() if hasattr(m, "attention") and hasattr(m, "explicit")]
+    # Count the model's FLOPs, not those of an implementation: trace the eager norm formulas
+    # (eager_formulas: the C++ kernels are opaque to the tracer, the sigmoid identity of
+    # impl=fused counts differently) and the fused attention op (one handle, whichever attention
+    # path runs).
+    switched = [(m, "attention", "sdpa") for m in model.modules() if hasattr(m, "attention") and hasattr(m, "explicit")]
     saved = [getattr(m, attr) for m, attr, _ in switched]
     try:
         for m, attr, value in switched:
             setattr(m, attr, value)
-        with torch.no_grad(), warnings.catch_warnings():
+        with torch.no_grad(), eager_formulas(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             fa = FlopCountAnalysis(model, x)
             fa.set_op_handle(**_extra_handles())

@@ -3,8 +3,11 @@ LN/Derf), AFN.
 
 Every layer maps tokens (B, N, C) to the same shape, and takes the keyword arguments of a norm
 layer (:mod:`.layer_args`); build one with ``NORMS[name](dim, **kw)``.
-DyT, AutoNorm and AFN take ``impl="auto"|"eager"|"fused"|"compiled"`` (:mod:`.fused`); ``deploy_model``
-(:mod:`.deploy`) turns a model into its fastest exact inference form.
+Each norm's module holds its eager formula (the specification). DyT, AutoNorm and AFN take
+``impl="auto"|"eager"|"fused"|"compiled"`` (:mod:`.impl`): their faster paths live in
+:mod:`autonorm.kernels`, which registers them here when imported (``import autonorm`` does);
+``eager_formulas()`` makes every norm compute its eager formula. ``deploy_model`` (:mod:`.deploy`)
+turns a model into its fastest exact inference form (the forms declared in the registry).
 
 Every module of this package is imported here, so a norm registered in its own module
 (:func:`~.registry.register_norm`) is known to the project and importable from
@@ -21,7 +24,7 @@ from .afn import AFN
 from .autonorm import FREEZE_BRANCHES, GATES, AutoNorm
 from .deploy import deploy_model
 from .dyt import DyT
-from .fused import IMPLS
+from .impl import DEFAULT_IMPL, IMPLS, eager_formulas
 from .gates import GumbelGate, SoftGate
 from .ln import LayerNorm
 from .registry import NORM_REGISTRY, NORMS, NormSpec, get_norm, is_norm, norm_names, register_norm, spec_of
@@ -87,6 +90,7 @@ def norm_state(model: nn.Module) -> dict[str, float]:
 __all__ = sorted(set(_REGISTERED) | {
     "AFN",
     "AutoNorm",
+    "DEFAULT_IMPL",
     "DyT",
     "FREEZE_BRANCHES",
     "GATES",
@@ -99,6 +103,7 @@ __all__ = sorted(set(_REGISTERED) | {
     "SCHEDULES",
     "SoftGate",
     "deploy_model",
+    "eager_formulas",
     "gate_modules",
     "get_norm",
     "is_norm",

@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import native
-from .fused import DEFAULT_IMPL, call_compiled, check_impl, prefer_kernel
+from .impl import DEFAULT_IMPL, check_impl, fast_path
 from .layer_args import channel_affine, place
 from .registry import register_norm
 
@@ -86,13 +85,14 @@ class AFN(nn.Module):
     A drop-in norm layer (:mod:`.layer_args`): ``elementwise_affine=False`` / ``bias=False`` make
     the base affine ``weight`` / ``bias`` constants (the adaptive rescaling still learns).
 
-    ``impl`` (default ``"fused"``, as in ``conf/norm``): ``"eager"`` computes the statistics with ``var_mean`` and the output with one fused
-    multiply-add ``x * scale + shift`` (the encoder-decoders act on (1, C) vectors); ``"fused"``
-    computes the same on float32 CPU inputs with the C++ kernels of :mod:`autonorm.norms.native`
-    (:class:`~autonorm.norms.native.BatchAffineNormFunction`: statistics with double accumulators,
-    output, and both backward sweeps, one sweep each; the encoder-decoders stay in Python),
-    elsewhere like ``"eager"``; ``"compiled"`` runs the forward through ``torch.compile`` (lazily,
-    eager fallback on failure).
+    ``impl`` (:mod:`.impl`; default ``"auto"``, as in ``conf/norm``): ``"eager"`` computes the
+    statistics with ``var_mean`` and the output with one fused multiply-add ``x * scale + shift``
+    (the encoder-decoders act on (1, C) vectors); ``"fused"`` computes the same on float32 CPU
+    inputs with the C++ kernels of :mod:`autonorm.kernels` (ops ``"afn_batch"``: statistics with
+    double accumulators, output, and both backward sweeps, one sweep each, the encoder-decoders
+    staying in Python; ``"afn_affine"``: the eval output), elsewhere like ``"eager"``;
+    ``"compiled"`` runs this forward through ``torch.compile`` (op ``"afn"``); ``"auto"`` the
+    kernels where they were measured faster.
     """
 
     impl: str = "eager"
@@ -227,9 +227,8 @@ class AFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (..., C) -> normalized tensor of the same shape and dtype."""
-        if self.impl == "compiled":
-            return call_compiled(_afn_forward, self, x)
-        return self._forward(x)
+        fast = fast_path("afn", self.impl)
+        return fast(self, x) if fast is not None else self._forward(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.dim:
@@ -237,11 +236,12 @@ class AFN(nn.Module):
         if self.training or self.eval_stats == "batch":
             if self.training and x.numel() // self.dim < 2:
                 raise ValueError("AFN needs more than one value per channel in training mode")
-            if self._kernels(x):
-                x2 = x.reshape(-1, self.dim)
-                y, mu, var = native.batch_affine_norm(x2, self._affine_cpu, list(self.parameters()))
+            fast = None if self.sync_stats else fast_path("afn_batch", self.impl)
+            out = None if fast is None else fast(x.reshape(-1, self.dim), self.weight, self._affine_cpu, list(self.parameters()))
+            if out is not None:  # the fast path took this call: y (M, C), mean, var
+                y, mu, var = out
                 if self.training:
-                    self._update_running(mu, var, x2.shape[0])
+                    self._update_running(mu, var, y.shape[0])
                 return y.view(x.shape)
             mu, var, count = self._batch_moments(x)
             if self.training:
@@ -253,15 +253,6 @@ class AFN(nn.Module):
 
     def _affine_cpu(self, mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self._affine(mu, var, "cpu")
-
-    def _kernels(self, x: torch.Tensor) -> bool:
-        """Whether this forward runs through the C++ kernels (``impl="fused"``, float32 CPU input,
-        kernels available, statistics not synchronised across processes)."""
-        if self.impl not in ("fused", "auto") or self.sync_stats or native.usable(x, self.weight) is None:
-            return False
-        return self.impl == "fused" or prefer_kernel(
-            "afn_stats", (x.reshape(-1, self.dim),), batch_norm_kernel, batch_norm_torch, native.needs_grad(x, self.weight)
-        )
 
     @torch.no_grad()
     def eval_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -316,41 +307,14 @@ class AFN(nn.Module):
         )
 
 
-def affine_output(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, impl: str) -> torch.Tensor:
-    """AFN's last step ``x * scale + shift`` (float32, returned in x's dtype): one C++ kernel sweep
-    for ``impl="fused"`` on float32 CPU input without autograd, ``addcmul`` otherwise. AFN and its
-    deployed copy both end here, so their eval outputs are bit-identical."""
-    if impl in ("fused", "auto") and native.usable(x) is not None and not native.needs_grad(x, scale, shift):
-        x2 = x.reshape(-1, x.shape[-1])
-        if impl == "fused" or prefer_kernel("affine", (x2, scale, shift), native.affine, _affine_torch):
-            return native.affine(x2, scale, shift).view(x.shape)
+def affine_output(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, impl: str = "eager") -> torch.Tensor:
+    """AFN's last step ``x * scale + shift`` (float32, returned in x's dtype; the op
+    ``"afn_affine"``: one C++ kernel sweep for ``impl="fused"`` on float32 CPU input without
+    autograd). AFN and its deployed copy both end here, so their eval outputs are bit-identical."""
+    fast = fast_path("afn_affine", impl)
+    return (fast or affine)(x, scale, shift)
+
+
+def affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """The per-channel affine map ``x * scale + shift`` in one multiply-add (float32, x's dtype out)."""
     return torch.addcmul(shift, x.float(), scale).to(x.dtype)
-
-
-def _affine_torch(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    return torch.addcmul(shift, x.float(), scale).to(x.dtype)
-
-
-def _standardise(mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = torch.rsqrt(var + 1e-5)
-    return scale, -mu * scale
-
-
-def batch_norm_kernel(x: torch.Tensor) -> torch.Tensor:
-    """AFN's training sweeps through the kernels with a stand-in affine map (plain
-    standardisation): what ``impl="auto"`` times against :func:`batch_norm_torch` (the
-    encoder-decoders cost the same on both paths)."""
-    return native.batch_affine_norm(x, _standardise, ())[0]
-
-
-def batch_norm_torch(x: torch.Tensor) -> torch.Tensor:
-    """AFN's training sweeps through torch ops (``var_mean``, ``addcmul``), same stand-in map."""
-    xf = x.float()
-    var, mu = torch.var_mean(xf, dim=0, unbiased=False)
-    scale, shift = _standardise(mu, var)
-    return torch.addcmul(shift, xf, scale).to(x.dtype)
-
-
-def _afn_forward(module: AFN, x: torch.Tensor) -> torch.Tensor:
-    """``module``'s eager forward (a free function, so ``torch.compile`` is shared by instances)."""
-    return module._forward(x)

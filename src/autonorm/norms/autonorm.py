@@ -4,11 +4,12 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .derf import Derf
-from .dyt import DyT
-from .fused import DEFAULT_IMPL, blend_auto, blend_fused, blend_reference, call_compiled, check_impl, token_mean
+from .dyt import DyT, dynamic_tanh
+from .impl import DEFAULT_IMPL, check_impl, fast_path
 from .gates import GumbelGate, SoftGate
 from .layer_args import place
 from .ln import LayerNorm
@@ -38,15 +39,44 @@ def token_summary(x: torch.Tensor, impl: str = "eager", features: str = "mean") 
       removed) from DyT (scale kept, squashed), and the mean relative to it (in [-1, 1]), so the
       input does not grow with the residual stream's magnitude.
 
-    The token mean goes through :func:`~autonorm.norms.fused.token_mean` (the C++ kernel with
-    ``impl="fused"`` on float32 CPU input, whose backward adds ``dh / N`` into the input gradient
-    without materialising it first; with ``impl="auto"`` where it was measured faster). Deployed
-    copies call this same function, so their gate decisions are bit-identical."""
-    m = token_mean(x, impl)
+    The token mean is the op ``"token_mean"`` (:mod:`.impl`; with ``impl="fused"`` on float32
+    CPU input the C++ kernel, whose backward adds ``dh / N`` into the input gradient without
+    materialising it first; with ``impl="auto"`` where it was measured faster). Deployed copies
+    call this same function, so their gate decisions are bit-identical."""
+    fast = fast_path("token_mean", impl)
+    m = (fast or token_mean)(x)
     if features == "mean":
         return m
     r = torch.sqrt(x.square().mean(dim=1) + _SCALE_EPS)
     return torch.cat([m / r, torch.log(r)], dim=-1)
+
+
+def token_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean over tokens ``x.mean(dim=1)`` (B, C) of ``x`` (B, N, C)."""
+    return x.mean(dim=1)
+
+
+def mix(ln_out: torch.Tensor, squash_out: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """``a * ln_out + (1 - a) * squash_out`` with ``a`` (B,) per sample, in the promoted dtype:
+    ``lerp(start, end, w) = start + w * (end - start)``, exact at ``a = 0`` and ``a = 1``."""
+    dtype = torch.promote_types(ln_out.dtype, squash_out.dtype)
+    return torch.lerp(squash_out.to(dtype), ln_out.to(dtype), a.to(dtype).view(-1, 1, 1))
+
+
+def blend(
+    x: torch.Tensor,
+    a: torch.Tensor,
+    ln_weight: torch.Tensor,
+    ln_bias: torch.Tensor,
+    eps: float,
+    alpha: torch.Tensor,
+    dyt_weight: torch.Tensor,
+    dyt_bias: torch.Tensor,
+) -> torch.Tensor:
+    """The AutoNorm blend with the DyT branch, ``a LN(x) + (1 - a) DyT(x)`` for ``x`` (B, N, C)
+    and ``a`` (B,): the eager formula of the op ``"blend"`` (what its fast paths compute)."""
+    ln_out = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
+    return mix(ln_out, dynamic_tanh(x, alpha, dyt_weight, dyt_bias), a)
 
 
 def gate_input_dim(dim: int, features: str) -> int:
@@ -111,11 +141,11 @@ class AutoNorm(nn.Module):
     evaluated once, and the blend is a single fused ``torch.lerp``.
 
     ``impl`` selects how the blend is computed (the gate is always plain PyTorch; see
-    :mod:`autonorm.norms.fused`): ``"eager"`` (the reference above), ``"fused"`` (the default, as
-    in ``conf/norm``: one custom
-    autograd Function for ``a LN(x) + (1-a) DyT(x)`` with an analytic backward, equal up to float
-    rounding) or ``"compiled"`` (``torch.compile`` of the eager blend, lazily, eager fallback on
-    failure). The inner ``.dyt`` uses the same ``impl``. For inference, see
+    :mod:`.impl`, the fast paths are :mod:`autonorm.kernels`' op ``"blend"``): ``"eager"``
+    (:func:`blend`, the reference above), ``"fused"`` (C++ kernels or one custom autograd
+    Function for ``a LN(x) + (1-a) DyT(x)`` with an analytic backward, equal up to float
+    rounding), ``"compiled"`` (``torch.compile`` of :func:`blend`) or ``"auto"`` (the default: the
+    fastest, measured). The inner ``.dyt`` uses the same ``impl``. For inference, see
     :func:`autonorm.norms.deploy.deploy_model` (per-sample dispatch for hard gates).
 
     ``squash="erf"`` replaces the DyT branch by Derf, ``weight * erf(alpha * x + shift) + bias``
@@ -222,18 +252,10 @@ class AutoNorm(nn.Module):
             return self.ln(x)
         if self._gate_override == 0.0:
             return self.dyt(x)
-        if self.impl != "eager" and self.squash == "tanh":  # the fast paths compute tanh; erf runs eager
-            args = (x, a, self.ln.weight, self.ln.bias, self.ln.eps, self.dyt.alpha, self.dyt.weight, self.dyt.bias)
-            if self.impl == "auto":
-                return blend_auto(*args)
-            if self.impl == "fused":
-                return blend_fused(*args)
-            return call_compiled(blend_reference, *args)
-        ln_out = self.ln(x)
-        dyt_out = self.dyt(x)
-        dtype = torch.promote_types(ln_out.dtype, dyt_out.dtype)
-        # lerp(start, end, w) = start + w * (end - start), exact at w = 0 and w = 1.
-        return torch.lerp(dyt_out.to(dtype), ln_out.to(dtype), a.to(dtype).view(-1, 1, 1))
+        fast = fast_path("blend", self.impl) if self.squash == "tanh" else None  # the fast paths compute tanh
+        if fast is not None:
+            return fast(x, a, self.ln.weight, self.ln.bias, self.ln.eps, self.dyt.alpha, self.dyt.weight, self.dyt.bias)
+        return mix(self.ln(x), self.dyt(x), a)
 
     def extra_repr(self) -> str:
         impl = "" if self.impl == "eager" else f", impl={self.impl!r}"

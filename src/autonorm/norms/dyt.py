@@ -8,9 +8,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .fused import DEFAULT_IMPL, call_compiled, check_impl, dyt_auto, dyt_fused, dyt_reference
+from .impl import DEFAULT_IMPL, check_impl, fast_path
 from .layer_args import channel_affine, check_eps, place
 from .registry import register_norm
+
+
+def dynamic_tanh(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The DyT formula ``weight * tanh(alpha * x) + bias`` (the eager path and the reference of
+    every fast path)."""
+    return weight * torch.tanh(alpha * x) + bias
 
 
 @register_norm("dyt", display="DyT", logs={"alpha": "alpha"})
@@ -36,10 +42,11 @@ class DyT(nn.Module):
     the checkpoint key becomes ``parametrizations.alpha.original``). The effective slope at 0 is
     ``alpha * weight`` per channel (logged as ``slope/<name>``).
 
-    ``impl`` selects how the same function is computed (see :mod:`autonorm.norms.fused`):
-    ``"eager"`` (this formula, the reference), ``"fused"`` (the default, as in ``conf/norm``: custom
-    autograd Function through ``tanh(z) = 2 sigmoid(2z) - 1``, equal up to float rounding) or ``"compiled"``
-    (``torch.compile`` of this formula, lazily on the first call, eager fallback on failure).
+    ``impl`` selects how the same function is computed (:mod:`.impl`; the fast paths are
+    :mod:`autonorm.kernels`' op ``"dyt"``): ``"eager"`` (:func:`dynamic_tanh`, the reference),
+    ``"fused"`` (C++ kernels or a custom autograd Function through ``tanh(z) = 2 sigmoid(2z) - 1``,
+    equal up to float rounding), ``"compiled"`` (``torch.compile`` of :func:`dynamic_tanh`) or
+    ``"auto"`` (the default: the fastest of these, measured).
     """
 
     impl: str = "eager"
@@ -76,13 +83,8 @@ class DyT(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply ``weight * tanh(alpha * x) + bias`` to ``x`` (..., dim)."""
-        if self.impl == "auto":
-            return dyt_auto(x, self.alpha, self.weight, self.bias)
-        if self.impl == "fused":
-            return dyt_fused(x, self.alpha, self.weight, self.bias)
-        if self.impl == "compiled":
-            return call_compiled(dyt_reference, x, self.alpha, self.weight, self.bias)
-        return self.weight * torch.tanh(self.alpha * x) + self.bias
+        fast = fast_path("dyt", self.impl)
+        return (fast or dynamic_tanh)(x, self.alpha, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         impl = "" if self.impl == "eager" else f", impl={self.impl!r}"

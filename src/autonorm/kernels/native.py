@@ -3,8 +3,8 @@
 ``impl="fused"`` runs DyT, the AutoNorm blend and AFN's batch statistics through these kernels
 when the input is a CPU tensor computed in float32 (bfloat16 / float16 input is converted on the
 way in) and the kernels are available; otherwise (GPU, float64, no compiler) it runs the torch-op
-versions in :mod:`autonorm.norms.fused`, which compute the same function. Both are tested
-against the eager reference. ``impl="auto"`` (:mod:`autonorm.norms.select`) uses the kernels
+versions in :mod:`autonorm.kernels.fused`, which compute the same function. Both are tested
+against the eager reference. ``impl="auto"`` (:mod:`autonorm.kernels.select`) uses the kernels
 only where they were measured faster than the torch ops.
 
 The kernels are compiled on first use with :func:`torch.utils.cpp_extension.load` (g++ ``-O3

@@ -1,10 +1,12 @@
-"""Alternative implementations of the DyT and AutoNorm computations: hand-fused and compiled.
+"""The fast paths of the norms' ops: hand-fused and compiled implementations of the eager
+formulas in :mod:`autonorm.norms` (registered for each op and ``impl`` by :mod:`autonorm.kernels`).
 
 Every norm with an ``impl`` argument (:class:`~autonorm.norms.DyT`, :class:`~autonorm.norms.AutoNorm`,
-:class:`~autonorm.norms.AFN`) computes the same function three ways:
+:class:`~autonorm.norms.AFN`) computes the same function several ways (:mod:`autonorm.norms.impl`):
 
-* ``"eager"``: the readable reference (plain PyTorch ops, autograd records every op);
-* ``"fused"``: on float32 CPU tensors, single-sweep C++ kernels (:mod:`autonorm.norms.native`,
+* ``"eager"``: the readable reference in the norm's module (plain PyTorch ops, autograd records
+  every op), e.g. :func:`autonorm.norms.dyt.dynamic_tanh`, :func:`autonorm.norms.autonorm.blend`;
+* ``"fused"``: on float32 CPU tensors, single-sweep C++ kernels (:mod:`autonorm.kernels.native`,
   built on first use; one pass over the activations forward and one backward); elsewhere, or
   when they cannot be built, the torch-op kernels of this module (custom
   :class:`torch.autograd.Function`\\ s with analytic backward passes, in-place temporaries, no
@@ -13,7 +15,7 @@ Every norm with an ``impl`` argument (:class:`~autonorm.norms.DyT`, :class:`~aut
   call (:func:`call_compiled`); a compilation failure falls back to eager with a warning;
 * ``"auto"`` (the default, :data:`DEFAULT_IMPL`): on the first call per op, dtype and shape class,
   the C++ kernels, the torch-op kernels, the eager formula (and, on GPUs, the compiled formula)
-  are timed and the fastest is kept, cached per machine (:mod:`autonorm.norms.select`). Under
+  are timed and the fastest is kept, cached per machine (:mod:`autonorm.kernels.select`). Under
   :func:`torch.compile` tracing it is the eager formula (which the compiler fuses).
 
 Low precision: for bfloat16 / float16 computations (the input's dtype promoted with the
@@ -65,20 +67,15 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from ..norms.afn import AFN, affine
+from ..norms.autonorm import blend as blend_reference
+from ..norms.autonorm import token_mean as _token_mean_torch
+from ..norms.dyt import dynamic_tanh as dyt_reference
 from . import native, select
 from .native import needs_grad
-from .select import DEFAULT_IMPL
 
-IMPLS: tuple[str, ...] = ("auto", "eager", "compiled", "fused")
 #: Dtypes whose computations run in float32 on the fused paths.
 LOW_PRECISION: tuple[torch.dtype, ...] = (torch.bfloat16, torch.float16)
-
-
-def check_impl(impl: str) -> str:
-    """Validate an ``impl`` name (``auto``, ``eager``, ``compiled`` or ``fused``) and return it."""
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {list(IMPLS)}, got impl={impl!r}")
-    return impl
 
 
 def _dtypes(x: torch.Tensor, *params: torch.Tensor) -> tuple[torch.dtype, torch.dtype]:
@@ -100,11 +97,6 @@ def _rowsum(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------- DyT
-def dyt_reference(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """The eager DyT formula ``weight * tanh(alpha * x) + bias`` (what ``compiled`` compiles)."""
-    return weight * torch.tanh(alpha * x) + bias
-
-
 def dyt_inference(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """DyT without autograd bookkeeping: ``2w * sigmoid(2 alpha x) + (b - w)``, one new tensor.
 
@@ -165,18 +157,18 @@ def _dyt_torch(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias:
     return DyTFunction.apply(*_cast(dtype, x, alpha, weight, bias)).to(out)
 
 
-def _dyt_compiled(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def dyt_compiled(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     return call_compiled(dyt_reference, x, alpha, weight, bias)
 
 
 #: The routes ``impl="auto"`` chooses among for DyT (all compute :func:`dyt_reference`).
 DYT_ROUTES: dict[str, Callable[..., torch.Tensor]] = {
-    "kernel": _dyt_kernel, "torch": _dyt_torch, "eager": dyt_reference, "compiled": _dyt_compiled,
+    "kernel": _dyt_kernel, "torch": _dyt_torch, "eager": dyt_reference, "compiled": dyt_compiled,
 }  # fmt: skip
 
 
 def dyt_fused(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Fused DyT on ``x`` (..., C): the C++ kernels (:mod:`~autonorm.norms.native`) for CPU
+    """Fused DyT on ``x`` (..., C): the C++ kernels (:mod:`~autonorm.kernels.native`) for CPU
     tensors computed in float32 when available, else :class:`DyTFunction` under autograd and
     :func:`dyt_inference` without."""
     if _kernel_ok(x, alpha, weight, bias):
@@ -185,7 +177,7 @@ def dyt_fused(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: 
 
 
 def dyt_auto(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """DyT through the route measured fastest for this input (:mod:`~autonorm.norms.select`)."""
+    """DyT through the route measured fastest for this input (:mod:`~autonorm.kernels.select`)."""
     if torch.compiler.is_compiling():
         return dyt_reference(x, alpha, weight, bias)
     args = (x, alpha, weight, bias)
@@ -194,23 +186,6 @@ def dyt_auto(x: torch.Tensor, alpha: torch.Tensor, weight: torch.Tensor, bias: t
 
 
 # ------------------------------------------------------------------------------- AutoNorm blend
-def blend_reference(
-    x: torch.Tensor,
-    a: torch.Tensor,
-    ln_weight: torch.Tensor,
-    ln_bias: torch.Tensor,
-    eps: float,
-    alpha: torch.Tensor,
-    dyt_weight: torch.Tensor,
-    dyt_bias: torch.Tensor,
-) -> torch.Tensor:
-    """The eager AutoNorm blend ``lerp(DyT(x), LN(x), a)`` (what ``compiled`` compiles)."""
-    ln_out = F.layer_norm(x, (x.shape[-1],), ln_weight, ln_bias, eps)
-    dyt_out = dyt_weight * torch.tanh(alpha * x) + dyt_bias
-    dtype = torch.promote_types(ln_out.dtype, dyt_out.dtype)
-    return torch.lerp(dyt_out.to(dtype), ln_out.to(dtype), a.to(dtype).view(-1, 1, 1))
-
-
 def _blend_rows(a3: torch.Tensor, alpha: torch.Tensor, dyt_weight: torch.Tensor, dyt_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample rows ``P = (1-a) 2 w`` and ``Q = (1-a)(b - w)`` of shape (B, 1, C)."""
     one_minus = 1 - a3
@@ -318,7 +293,7 @@ def blend_fused(
     dyt_weight: torch.Tensor,
     dyt_bias: torch.Tensor,
 ) -> torch.Tensor:
-    """Fused AutoNorm blend: the C++ kernels (:mod:`~autonorm.norms.native`) for CPU tensors
+    """Fused AutoNorm blend: the C++ kernels (:mod:`~autonorm.kernels.native`) for CPU tensors
     computed in float32 when available, else :class:`BlendFunction` under autograd and
     :func:`blend_inference` without."""
     args = (x, a, ln_weight, ln_bias, eps, alpha, dyt_weight, dyt_bias)
@@ -348,13 +323,13 @@ def _blend_torch(
     return BlendFunction.apply(x.contiguous(), a.contiguous(), lw, lb, al, dw, db, float(eps)).to(out)
 
 
-def _blend_compiled(*args: Any) -> torch.Tensor:
+def blend_compiled(*args: Any) -> torch.Tensor:
     return call_compiled(blend_reference, *args)
 
 
 #: The routes ``impl="auto"`` chooses among for the AutoNorm blend (all compute :func:`blend_reference`).
 BLEND_ROUTES: dict[str, Callable[..., torch.Tensor]] = {
-    "kernel": _blend_kernel, "torch": _blend_torch, "eager": blend_reference, "compiled": _blend_compiled,
+    "kernel": _blend_kernel, "torch": _blend_torch, "eager": blend_reference, "compiled": blend_compiled,
 }  # fmt: skip
 
 
@@ -432,18 +407,87 @@ def prefer_kernel(op: str, args: tuple[Any, ...], kernel_fn: Callable[..., Any],
     return _choose(op, args, ("kernel", "torch"), {"kernel": kernel_fn, "torch": torch_fn}, train) == "kernel"
 
 
-def token_mean(x: torch.Tensor, impl: str) -> torch.Tensor:
-    """``x.mean(dim=1)`` for ``x`` (B, N, C): the C++ kernel for ``fused`` on float32 CPU input,
-    for ``auto`` where measured faster (forward only, whatever the autograd state, so a model and
-    its deployed copy choose alike); ``x.mean`` otherwise."""
-    if impl in ("fused", "auto") and x.dim() == 3 and native.usable(x) is not None:
-        if impl == "fused" or prefer_kernel("token_mean", (x,), native.token_mean, _token_mean_torch, train=False):
+# ---------------------------------------------------------------------------- AutoNorm's gate input
+def token_mean_fused(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean(dim=1)`` for ``x`` (B, N, C): the C++ kernel on float32 CPU input, the formula
+    (:func:`autonorm.norms.autonorm.token_mean`) otherwise."""
+    if x.dim() == 3 and native.usable(x) is not None:
+        return native.token_mean(x)
+    return _token_mean_torch(x)
+
+
+def token_mean_auto(x: torch.Tensor) -> torch.Tensor:
+    """:func:`token_mean_fused` where the kernel was measured faster (forward only, whatever the
+    autograd state, so a model and its deployed copy choose alike), the formula otherwise."""
+    if x.dim() == 3 and native.usable(x) is not None:
+        if prefer_kernel("token_mean", (x,), native.token_mean, _token_mean_torch, train=False):
             return native.token_mean(x)
-    return x.mean(dim=1)
+    return _token_mean_torch(x)
 
 
-def _token_mean_torch(x: torch.Tensor) -> torch.Tensor:
-    return x.mean(dim=1)
+# ------------------------------------------------------------------------------------------ AFN
+def afn_batch_fused(
+    x: torch.Tensor, weight: torch.Tensor, affine_fn: Callable[..., Any], params: list[torch.Tensor]
+) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """AFN's batch-statistics forward through the C++ kernels for ``x`` (M, C) on float32 CPU
+    input: ``(y, mean, var)`` (:func:`~autonorm.kernels.native.batch_affine_norm`); None (AFN
+    computes its formula) when the kernels do not apply."""
+    if native.usable(x, weight) is None:
+        return None
+    return native.batch_affine_norm(x, affine_fn, params)
+
+
+def afn_batch_auto(
+    x: torch.Tensor, weight: torch.Tensor, affine_fn: Callable[..., Any], params: list[torch.Tensor]
+) -> Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """:func:`afn_batch_fused` where the kernels were measured faster than the torch ops."""
+    if native.usable(x, weight) is None:
+        return None
+    if not prefer_kernel("afn_stats", (x,), batch_norm_kernel, batch_norm_torch, needs_grad(x, weight)):
+        return None
+    return native.batch_affine_norm(x, affine_fn, params)
+
+
+def _standardise(mu: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scale = torch.rsqrt(var + 1e-5)
+    return scale, -mu * scale
+
+
+def batch_norm_kernel(x: torch.Tensor) -> torch.Tensor:
+    """AFN's training sweeps through the kernels with a stand-in affine map (plain
+    standardisation): what ``impl="auto"`` times against :func:`batch_norm_torch` (the
+    encoder-decoders cost the same on both paths)."""
+    return native.batch_affine_norm(x, _standardise, ())[0]
+
+
+def batch_norm_torch(x: torch.Tensor) -> torch.Tensor:
+    """AFN's training sweeps through torch ops (``var_mean``, ``addcmul``), same stand-in map."""
+    xf = x.float()
+    var, mu = torch.var_mean(xf, dim=0, unbiased=False)
+    scale, shift = _standardise(mu, var)
+    return torch.addcmul(shift, xf, scale).to(x.dtype)
+
+
+def afn_affine_fused(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """AFN's output ``x * scale + shift``: one C++ kernel sweep on float32 CPU input without
+    autograd, the formula (:func:`autonorm.norms.afn.affine`) otherwise."""
+    if native.usable(x) is not None and not needs_grad(x, scale, shift):
+        return native.affine(x.reshape(-1, x.shape[-1]), scale, shift).view(x.shape)
+    return affine(x, scale, shift)
+
+
+def afn_affine_auto(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """:func:`afn_affine_fused` where the kernel was measured faster, the formula otherwise."""
+    if native.usable(x) is not None and not needs_grad(x, scale, shift):
+        x2 = x.reshape(-1, x.shape[-1])
+        if prefer_kernel("affine", (x2, scale, shift), native.affine, affine):
+            return native.affine(x2, scale, shift).view(x.shape)
+    return affine(x, scale, shift)
+
+
+def afn_compiled(module: AFN, x: torch.Tensor) -> torch.Tensor:
+    """AFN's eager forward through :func:`call_compiled` (one compiled function for every AFN)."""
+    return call_compiled(AFN._forward, module, x)
 
 
 # ------------------------------------------------------------------------------ torch.compile
@@ -503,26 +547,29 @@ def call_compiled(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
 
 __all__ = [
     "BLEND_ROUTES",
-    "DEFAULT_IMPL",
     "DYT_ROUTES",
-    "IMPLS",
     "LOW_PRECISION",
     "BlendFunction",
     "DyTFunction",
+    "afn_affine_auto",
+    "afn_affine_fused",
+    "afn_batch_auto",
+    "afn_batch_fused",
+    "afn_compiled",
     "blend_auto",
+    "blend_compiled",
     "blend_fused",
     "blend_inference",
-    "blend_reference",
     "call_compiled",
-    "check_impl",
-    "prefer_kernel",
-    "timed_call",
-    "token_mean",
     "compile_backend",
     "compile_failures",
     "dyt_auto",
+    "dyt_compiled",
     "dyt_fused",
     "dyt_inference",
-    "dyt_reference",
+    "prefer_kernel",
     "set_compile_backend",
+    "timed_call",
+    "token_mean_auto",
+    "token_mean_fused",
 ]

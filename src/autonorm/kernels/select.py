@@ -3,7 +3,7 @@ machine, and keep using it.
 
 The implementations it chooses among (the C++ kernels ``kernel``, the torch-op kernels
 ``torch``, the eager formula ``eager`` and, on GPUs, ``compiled``) compute the same function
-(:mod:`autonorm.norms.fused`; every one is tested against the eager formula, forward and
+(:mod:`autonorm.kernels.fused`; every one is tested against the eager formula, forward and
 gradients), so the choice changes speed only, never what is computed beyond float rounding.
 
 On the first call for a *choice key* every candidate is timed with :mod:`torch.utils.benchmark`
@@ -15,7 +15,7 @@ input shape with every dimension but the last rounded up to a power of two, the 
 the torch thread count and the candidate set.
 
 The choices are cached per machine in ``<kernel dir>/auto-<machine>.json`` (beside the kernel
-builds, :func:`autonorm.norms.native.kernel_dir`), where ``<machine>`` hashes the CPU model and
+builds, :func:`autonorm.kernels.native.kernel_dir`), where ``<machine>`` hashes the CPU model and
 instruction-set flags and the torch version. The file is only a cache: an unreadable or
 malformed file is ignored (one warning) and rewritten; it is written atomically (a temporary file
 renamed over it, entries of other processes merged in under a lock file held at most
@@ -41,9 +41,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-
-#: The ``impl`` of every norm unless told otherwise (the configs in ``conf/norm`` use it too).
-DEFAULT_IMPL = "auto"
 #: Route names, in the order used when nothing can be measured.
 ROUTES: tuple[str, ...] = ("kernel", "torch", "eager", "compiled")
 #: Seconds of timing per candidate and round, and rounds (interleaved, the opening one rotating).
@@ -279,4 +276,4 @@ def forget() -> None:
         _state["loaded"] = None
 
 
-__all__ = ["DEFAULT_IMPL", "ROUTES", "cache_path", "choice_key", "choices", "choose", "forget", "machine_key"]
+__all__ = ["ROUTES", "cache_path", "choice_key", "choices", "choose", "forget", "machine_key"]

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from autonorm.models.vit import VisionTransformer
-from autonorm.norms import AFN, NORMS, AutoNorm, DyT, GumbelGate, LayerNorm
+from autonorm.norms import AFN, NORMS, AutoNorm, DyT, LayerNorm
 from grad_helpers import assert_every_requires_grad_subset_matches, with_impl
 from autonorm.kernels import fused
 from autonorm.kernels.deploy import DeployedAffine, DeployedBlend, DeployedDispatch, DeployedDyT
 from autonorm.norms import IMPLS
 from autonorm.norms.autonorm import blend
-from autonorm.norms.deploy import deploy_model, deploy_module
+from autonorm.norms.deploy import deploy_module
 from autonorm.norms.dyt import dynamic_tanh
 
 B, N, C = 6, 5, 8

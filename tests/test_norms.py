@@ -466,3 +466,73 @@ def test_afn_sync_stats_equals_global_batch(tmp_path) -> None:
         torch.testing.assert_close(o["rm"], ref.running_mean)
         torch.testing.assert_close(o["rv"], ref.running_var)
     torch.testing.assert_close(torch.cat([o["gx"] for o in outs]), full.grad, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------- fast paths: the one switch
+def _spy_paths(monkeypatch) -> list[str]:
+    """Replace the registered fast paths by ones that record their calls and compute the eager
+    formulas; returns the list of calls."""
+    from autonorm.norms import impl as impl_mod
+    from autonorm.norms.autonorm import blend
+    from autonorm.norms.dyt import dynamic_tanh
+
+    calls: list[str] = []
+
+    def spy(name, fn):
+        def run(*args):
+            calls.append(name)
+            return fn(*args)
+
+        return run
+
+    monkeypatch.setattr(impl_mod, "FAST_PATHS", {})
+    impl_mod.register_fast_path("dyt", fused=spy("dyt", dynamic_tanh), auto=spy("dyt", dynamic_tanh))
+    impl_mod.register_fast_path("blend", fused=spy("blend", blend))
+    return calls
+
+
+def test_norms_ask_the_fast_path_table_and_eager_formulas_switches_it_off(monkeypatch) -> None:
+    from autonorm.norms import eager_formulas
+
+    calls = _spy_paths(monkeypatch)
+    x = _x()
+    dyt, auto = DyT(C, impl="fused"), AutoNorm(C, impl="fused")
+    dyt(x), auto(x), DyT(C, impl="auto")(x), DyT(C, impl="eager")(x)
+    assert calls == ["dyt", "blend", "dyt"]  # eager never asks; AutoNorm's blend replaces its branches
+    calls.clear()
+    with eager_formulas():
+        y = dyt(x)
+        auto(x)
+    assert calls == [] and dyt.impl == "fused"  # the modules are not touched
+    torch.testing.assert_close(y, dyt.weight * torch.tanh(dyt.alpha * x) + dyt.bias, atol=0, rtol=0)
+    dyt(x)
+    assert calls == ["dyt"]  # the switch is off again after the block
+
+
+def test_without_registered_fast_paths_every_impl_is_eager_after_one_warning(monkeypatch) -> None:
+    from autonorm.norms import impl as impl_mod
+
+    monkeypatch.setattr(impl_mod, "FAST_PATHS", {})
+    monkeypatch.setitem(impl_mod._state, "warned", False)
+    x = _x()
+    eager = [DyT(C, impl="eager"), AutoNorm(C, impl="eager"), AFN(C, impl="eager").train()]
+    with pytest.warns(RuntimeWarning, match="no fast path is registered") as record:
+        for ref in eager:
+            for impl in ("fused", "auto", "compiled"):
+                m = type(ref)(C, impl=impl)
+                m.load_state_dict(ref.state_dict())
+                m.train(ref.training)
+                torch.manual_seed(1)
+                y = m(x)
+                torch.manual_seed(1)  # AFN's encoder dropout draws the same mask
+                torch.testing.assert_close(y, ref(x), atol=0, rtol=0)
+    assert len([w for w in record if issubclass(w.category, RuntimeWarning)]) == 1
+
+
+def test_fast_paths_are_registered_for_the_fast_impls_only() -> None:
+    from autonorm.norms.impl import FAST_PATHS, register_fast_path
+
+    assert {"dyt", "blend", "token_mean", "afn", "afn_batch", "afn_affine"} <= set(FAST_PATHS)
+    assert all(set(routes) <= {"auto", "fused", "compiled"} for routes in FAST_PATHS.values())
+    with pytest.raises(ValueError, match="fast paths are for impl in"):
+        register_fast_path("dyt", eager=lambda x: x)

@@ -148,6 +148,20 @@ def test_norms_import_nothing_else_of_the_project() -> None:
             )
 
 
+def test_kernels_import_only_norms_of_the_project() -> None:
+    files = sorted((SRC / "kernels").glob("*.py"))
+    assert files
+    for path in files:
+        for level, mod in _imports(path):
+            if level == 2:  # from ..<x> import: the package above, i.e. autonorm.<x>
+                assert mod.split(".")[0] == "norms", f"kernels/{path.name} imports ..{mod}"
+            else:
+                assert level <= 1, f"kernels/{path.name} imports {'.' * level}{mod}"
+                assert not (level == 0 and mod.split(".")[0] == "autonorm" and not mod.startswith("autonorm.norms")), (
+                    f"kernels/{path.name} imports {mod}"
+                )
+
+
 def test_nothing_in_the_package_or_scripts_imports_cli() -> None:
     files = [p for p in SRC.rglob("*.py") if p.name not in ("cli.py", "__main__.py")]
     files += sorted((REPO / "scripts").glob("*.py"))

@@ -266,7 +266,7 @@ class VisionTransformer(nn.Module):
     def deploy(self) -> "VisionTransformer":
         """A new model (deep copy, eval mode) that computes the same eval outputs fastest.
 
-        Every norm point is replaced by its inference form (see :mod:`autonorm.norms.deploy`):
+        Every norm point is replaced by its inference form (see :mod:`autonorm.kernels.deploy`):
         DyT with precomputed constants, AFN folded into a per-channel affine, soft AutoNorm as one
         fused blend, hard (Gumbel) AutoNorm as a per-sample dispatch to exactly one branch. Exact
         for every input (up to float rounding). ``self`` is not modified.

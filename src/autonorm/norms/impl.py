@@ -17,8 +17,8 @@ call::
 * ``"auto"`` (:data:`DEFAULT_IMPL`): the fastest of the others, measured once per machine.
 
 All compute the same function up to float rounding (tested). An op with no path for an ``impl``
-(e.g. AFN's statistics under ``compiled``) computes its eager formula. When no fast path is
-registered at all (:mod:`autonorm.kernels` not imported), every ``impl`` computes the eager
+(e.g. AFN's statistics under ``compiled``, or a norm without fast paths) computes its eager
+formula. When no fast path is registered at all (:mod:`autonorm.kernels` not imported), every ``impl`` computes the eager
 formula, after one :class:`RuntimeWarning`.
 
 Inside :func:`eager_formulas` every norm computes its eager formula whatever its ``impl`` (what
@@ -61,18 +61,17 @@ def fast_path(op: str, impl: str) -> Optional[Callable]:
     (``impl="eager"``, inside :func:`eager_formulas`, or no path for this ``impl``)."""
     if impl == "eager" or _state["eager"]:
         return None
-    routes = FAST_PATHS.get(op)
-    if routes is None:
+    if not FAST_PATHS:
         if not _state["warned"]:
             _state["warned"] = True
             warnings.warn(
-                f"no fast path is registered for the norm op {op!r} (autonorm.kernels is not imported): "
-                f"impl={impl!r} computes the eager formulas",
+                f"no fast path is registered (autonorm.kernels is not imported): impl={impl!r} and every "
+                "other impl compute the eager formulas",
                 RuntimeWarning,
                 stacklevel=3,
             )
         return None
-    return routes.get(impl)
+    return FAST_PATHS.get(op, {}).get(impl)
 
 
 @contextlib.contextmanager

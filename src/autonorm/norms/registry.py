@@ -109,7 +109,7 @@ def register_norm(
 
 def set_deploy(cls: type, deploy: Deploy) -> None:
     """Declare how the registered norm class ``cls`` deploys (for a deployed form defined in a
-    module that imports the norm, as :mod:`autonorm.norms.deploy` does)."""
+    module that imports the norm, as :mod:`autonorm.kernels.deploy` does)."""
     spec = spec_of(cls)
     if spec is None:
         raise ValueError(f"{cls.__name__} is not a registered norm")

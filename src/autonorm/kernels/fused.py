@@ -13,7 +13,7 @@ Every norm with an ``impl`` argument (:class:`~autonorm.norms.DyT`, :class:`~aut
   autograd graph inside the norm);
 * ``"compiled"``: the eager formula wrapped in :func:`torch.compile`, compiled lazily on the first
   call (:func:`call_compiled`); a compilation failure falls back to eager with a warning;
-* ``"auto"`` (the default, :data:`DEFAULT_IMPL`): on the first call per op, dtype and shape class,
+* ``"auto"`` (the default, :data:`autonorm.norms.impl.DEFAULT_IMPL`): on the first call per op, dtype and shape class,
   the C++ kernels, the torch-op kernels, the eager formula (and, on GPUs, the compiled formula)
   are timed and the fastest is kept, cached per machine (:mod:`autonorm.kernels.select`). Under
   :func:`torch.compile` tracing it is the eager formula (which the compiler fuses).

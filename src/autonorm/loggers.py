@@ -190,4 +190,25 @@ def finish(loggers: Sequence[Any], results: Mapping[str, Any], best_path: Option
                 notes.append(f"W&B (offline): upload with `wandb sync {sync_dir}`")
         except Exception as exc:
             log.warning("W&B finishing step failed (%s); the run's files are intact.", exc)
+    _close_wandb_files(loggers)
     return notes
+
+
+def _close_wandb_files(loggers: Sequence[Any]) -> None:
+    """Wait until W&B's service has written and closed the finished runs' files.
+
+    ``run.finish()`` only tells the service that the run is over; the service closes the run's
+    ``run-*.wandb`` file later, on its own thread. Shutting the service down (``wandb.teardown``,
+    which waits for it to exit) makes the offline file complete when the run returns, so
+    ``wandb sync`` or a reader right after it sees every record. Not done while another W&B run
+    of this process is still active (the service serves it too); the next run starts a new one.
+    """
+    if not _wandb_loggers(loggers):
+        return
+    try:
+        import wandb
+
+        if wandb.run is None:
+            wandb.teardown()
+    except Exception as exc:  # closing must not fail a finished run
+        log.warning("W&B service did not shut down cleanly (%s); its run files may be incomplete.", exc)

@@ -123,7 +123,8 @@ def _build_wandb(cfg: DictConfig, lcfg: DictConfig, run_dir: Path) -> Optional[A
     config = OmegaConf.to_container(cfg, resolve=True)
     for attempt in ("as configured", "offline"):
         try:
-            logger = make(config=config, tags=options["tags"])
+            # the mode of this attempt, explicitly: W&B's process-wide settings may hold an earlier run's
+            logger = make(config=config, tags=options["tags"], mode=os.environ["WANDB_MODE"])
             init = getattr(logger, "_wandb_init", {})
             if init.get("anonymous", False) is None:  # Lightning passes anonymous=None; wandb warns about any value
                 init.pop("anonymous")

@@ -173,9 +173,13 @@ def finish(loggers: Sequence[Any], results: Mapping[str, Any], best_path: Option
     notes: list[str] = []
     for lg in _wandb_loggers(loggers):
         try:
+            run = lg.experiment
+        except Exception as exc:
+            log.warning("W&B finishing step failed (%s); the run's files are intact.", exc)
+            continue
+        try:
             import wandb
 
-            run = lg.experiment
             scalars = {k: v for k, v in results.items() if isinstance(v, (int, float, str))}
             run.summary.update(scalars)
             # this run's row of the baseline table; W&B merges the rows of a group's runs
@@ -184,13 +188,16 @@ def finish(loggers: Sequence[Any], results: Mapping[str, Any], best_path: Option
                 art = wandb.Artifact(f"model-{run.id}", type="model")
                 art.add_file(best_path)
                 run.log_artifact(art)
+        except Exception as exc:
+            log.warning("W&B finishing step failed (%s); the run's files are intact.", exc)
+        try:  # always close the run, also after a failed step above, so that its records are written
             offline = run.settings.mode in ("offline", "dryrun")
             sync_dir = Path(run.dir).parent
             run.finish()
             if offline:
                 notes.append(f"W&B (offline): upload with `wandb sync {sync_dir}`")
         except Exception as exc:
-            log.warning("W&B finishing step failed (%s); the run's files are intact.", exc)
+            log.warning("W&B could not close its run (%s); the run's files are intact.", exc)
     _close_wandb_files(loggers)
     return notes
 

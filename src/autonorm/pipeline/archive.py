@@ -222,10 +222,11 @@ def render_coverage(archive_dir: str | os.PathLike[str]) -> str:
 
 
 def write_archive_table(archive_dir: str | os.PathLike[str]) -> Path:
-    """The table of the archive (:func:`autonorm.pipeline.table.write_table`) headed by its coverage."""
+    """The table of the archive (:func:`autonorm.pipeline.table.write_table`) headed by its coverage
+    (no latency columns: an archive keeps no checkpoints to measure)."""
     from .table import write_table
 
-    paths = write_table(archive_dir)
+    paths = write_table(archive_dir, measure_latency=False)
     md = paths.md.read_text(encoding="utf-8")
     atomic_write_text(paths.md, render_coverage(archive_dir) + "\n" + md)
     return paths.md

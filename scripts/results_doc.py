@@ -23,7 +23,6 @@ the end when absent), so one page holds several generated sections.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

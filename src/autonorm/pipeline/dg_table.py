@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 from .render import code_cell, comparison_lines, summary_cell
 from .stats import compare_methods, summary

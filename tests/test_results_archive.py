@@ -154,7 +154,7 @@ def test_a_stopped_sweep_continues_from_its_archive(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     dest = tmp_path / "archive"
     assert archive.collect(tmp_path / "sweep", dest)["runs"] == 2
-    dyt = next(p for p in dest.iterdir() if "dyt" in p.name)
+    dyt = next(p for p in dest.iterdir() if p.is_dir() and p.name.lower().startswith("dyt"))  # DyT_mnist_mini_s0-<hash>
     import shutil
 
     shutil.rmtree(dyt)  # as if that job had never finished

@@ -4,7 +4,8 @@
     python -m autonorm.compare outputs/runs/train/run_a outputs/runs/train/run_b --out report/
     python -m autonorm.compare outputs/multirun/2026-11-23 --baseline LN-Finetune --no-latency
 
-Rows are configurations (runs that differ by seed alone); cells are mean ± std over seeds; the
+Rows are configurations (runs that differ by seed alone) made by one code version (source hash,
+named in the Code column; ``--pool-code`` pools versions in one flagged row); cells are mean ± std over seeds; the
 rows of one data set are compared pairwise by seed (paired t-test, Holm-adjusted); CIFAR-10-C is
 summarised over complete, equally sourced cells; latency and throughput of every row's model are
 measured together now (see :mod:`autonorm.pipeline.table`). Writes summary_results.{csv,md,png}

@@ -11,7 +11,9 @@ metrics.csv, config.yaml, identity.json, COMPLETED and .hydra/overrides.yaml int
 ARCHIVE_DIR/<run folder>/ (e.g. docs/results/recipe/) and records the sweep's expected jobs, then
 writes ARCHIVE_DIR/summary_results.{md,csv,png}: the table headed by how many expected jobs
 finished and which are missing. ``restore`` puts archived runs back into SWEEP_DIR (where not
-completed there), so the same sweep command skips them. See autonorm/pipeline/archive.py.
+completed there), so the same sweep command skips them when their configuration and code
+(source hash) are this checkout's; it lists the archived runs of other code, which the sweep
+refuses instead of reusing. See autonorm/pipeline/archive.py.
 Exit status 1 when a folder is missing.
 """
 
@@ -45,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "restore":
         n = archive.restore(args.archive_dir, args.sweep_dir)
         print(f"restored {n} finished run(s) from {args.archive_dir} into {args.sweep_dir}")
+        stale = archive.other_code(args.archive_dir)
+        if stale:
+            print(f"note: {len(stale)} archived run(s) were made by other code than this checkout's; the sweep "
+                  "will refuse those jobs (naming the changed files) and the table keeps their results under their "
+                  "own code version. To retrain them with this code, add resume=never for those jobs:")
+            for rel, src in stale:
+                print(f"  {rel} (source {src[:8] if src else 'unknown'})")
         return 0
     if args.cmd == "collect":
         if not Path(args.sweep_dir).is_dir():

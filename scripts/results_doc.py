@@ -1,17 +1,28 @@
 """Write a results page (Markdown) from finished sweep folders: no number is typed by hand.
 
     python scripts/results_doc.py outputs/table/full --title "Baseline table (full data)" --out docs/results_table_full.md
+    python scripts/results_doc.py docs/results/dg --title "Domain generalisation from MNIST" \
+        --reference afn-digits --out docs/results.md --section dg
+    python scripts/results_doc.py docs/results/recipe --title "CIFAR-10 at the recipe's budget" \
+        --reference seed-readme --out docs/results.md --section recipe
 
 Builds the table with :func:`autonorm.pipeline.table.build_report` (rows of runs that differ by seed
-alone, paired-by-seed comparisons with Holm's correction, latency and throughput of all rows
-measured together now unless ``--no-latency``) and states the machine, the budget (from the
+alone and were made by the same code, paired-by-seed comparisons with Holm's correction, the
+domain-generalisation section when the runs scored digit targets, latency and throughput of all
+rows measured together now unless ``--no-latency``) and states the machine, the budget (from the
 sweep's ``multirun.yaml``), the seeds and the wall time (first job start to last job end).
+
+A committed archive (``docs/results/<table>/``, written by ``scripts/collect_results.py collect``)
+works as well: the section then opens with the archive's coverage (which expected jobs are
+missing); latency is measured only when the run folders keep checkpoints (an archive does not). ``--reference`` adds
+published figures beside ours, labelled as such (:data:`REFERENCES`). ``--section NAME`` replaces
+the text between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in ``--out`` (added at
+the end when absent), so one page holds several generated sections.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -21,9 +32,31 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
+from autonorm.pipeline import archive  # noqa: E402
+from autonorm.pipeline.dg_table import render_dg  # noqa: E402
 from autonorm.pipeline.io import atomic_write_text  # noqa: E402
 from autonorm.pipeline.render import render_markdown  # noqa: E402
-from autonorm.pipeline.table import build_report  # noqa: E402
+from autonorm.pipeline.table import build_report, measure_rows  # noqa: E402
+
+#: Published figures shown beside ours (never mixed into our rows): (heading, caption, header, rows).
+REFERENCES: dict[str, tuple[str, str, list[str], list[list[str]]]] = {
+    "afn-digits": (
+        "AFN paper, CNN, other target sets",
+        "Single-source domain generalisation from MNIST as reported in the AFN paper (accuracy %, a CNN, "
+        "not a Vision Transformer; its targets are the real SVHN, USPS and MNIST-M, not the generated "
+        "targets above): a different architecture and different target sets, so not comparable cell by cell.",
+        ["Method (AFN paper, CNN)", "SVHN (%)", "USPS (%)", "MNIST-M (%)"],
+        [["AFN", "33.8", "81.2", "63.8"], ["ASRNorm", "34.1", "78.5", "64.3"], ["BN", "27.8", "76.9", "52.7"]],
+    ),
+    "seed-readme": (
+        "Claimed, not reproduced",
+        "Figures claimed by the README of the code this project started from (CIFAR-10 test accuracy); no runs, "
+        "configuration or seeds were published with them, and this project has not reproduced them. Its "
+        "FrozenLN is the pure LayerNorm student (the LN-* rows here).",
+        ["Method (seed README)", "CIFAR-10 test acc (%), claimed, not reproduced"],
+        [["AutoNorm-Finetune", "86.1"], ["FrozenLN", "74.5"]],
+    ),
+}
 
 
 def _cpu() -> str:
@@ -41,7 +74,7 @@ def _budget(sweep: Path) -> str:
 
     path = sweep / "multirun.yaml"
     if not path.exists():
-        return "(no multirun.yaml)"
+        return "the Data, Model and Epochs columns of each row (each run's config.yaml)"
     cfg = yaml.safe_load(path.read_text())
     t, tr, d = cfg.get("trainer", {}), cfg.get("transfer", {}), cfg.get("distill", {})
     parts = [
@@ -71,6 +104,23 @@ def _wall_time(runs: list[dict]) -> str:
     return f"{span / 60:.1f} min ({datetime.fromtimestamp(min(starts)):%Y-%m-%d %H:%M} to {datetime.fromtimestamp(max(ends)):%H:%M})"
 
 
+def reference_section(name: str) -> str:
+    """The published figures ``name`` of :data:`REFERENCES` as a labelled Markdown table."""
+    heading, caption, header, rows = REFERENCES[name]
+    lines = [f"### {heading}", "", caption, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(page: str, name: str, text: str) -> str:
+    """``page`` with the text between the markers of section ``name`` replaced (appended when absent)."""
+    start, end = f"<!-- results:{name} -->", f"<!-- /results:{name} -->"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    if start in page and end in page and page.index(start) < page.index(end):
+        return page[: page.index(start)] + block + page[page.index(end) + len(end):]
+    return page.rstrip("\n") + ("\n\n" if page.strip() else "") + block + "\n"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep", type=Path)
@@ -78,26 +128,45 @@ def main() -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--no-latency", action="store_true", help="do not measure the rows' latency and throughput")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the latency measurement")
+    ap.add_argument("--reference", choices=sorted(REFERENCES), action="append", default=[],
+                    help="published figures to show beside ours, labelled (repeatable)")
+    ap.add_argument("--section", default=None, help="replace this marked section of --out instead of writing the whole file")
     args = ap.parse_args()
     if not args.sweep.is_dir():
         print(f"sweep folder not found: {args.sweep}", file=sys.stderr)
         return 1
-    report = build_report(args.sweep, measure=not args.no_latency, threads=args.threads)
+    is_archive = (args.sweep / archive.EXPECTED_NAME).is_file()
+    report = build_report(args.sweep, measure=False)
     runs = report["runs"]
+    has_checkpoints = any((Path(r["run_dir"]) / "checkpoints").is_dir() for r in runs)
+    if has_checkpoints and not args.no_latency:
+        report["latency"] = measure_rows(report["rows"], threads=args.threads)
     seeds = sorted({r["seed"] for r in runs if r["seed"] is not None})
-    text = [
-        f"## {args.title}",
-        "",
+    body = render_markdown(report).split("\n", 1)[1].strip()
+    dg = render_dg(report["rows"], alpha=report["alpha"])
+    if dg:
+        body += "\n\n" + dg.strip()
+    wall = _wall_time(runs)
+    text = [f"## {args.title}", ""]
+    if is_archive:
+        text += [archive.render_coverage(args.sweep).strip(), ""]
+    text += [
         f"- Machine: {_cpu()}; generated {datetime.now():%Y-%m-%d}.",
         f"- Budget: {_budget(args.sweep)}.",
-        f"- Seeds: {', '.join(map(str, seeds))}; wall time of the whole sweep: {_wall_time(runs)}.",
-        f"- Source: `{args.sweep}` (rebuild with `python -m autonorm.compare {args.sweep}`).",
-        "",
-        render_markdown(report).split("\n", 1)[1].strip().replace("\n## ", "\n### "),
-        "",
+        f"- Seeds: {', '.join(map(str, seeds))}" + (f"; wall time of the whole sweep: {wall}." if wall != "unknown" else "."),
+        f"- Source: `{args.sweep}` (rebuild with `python scripts/results_doc.py {args.sweep} ...`"
+        + (f" or `python scripts/collect_results.py table {args.sweep}`)." if is_archive else f" or `python -m autonorm.compare {args.sweep}`)."),
     ]
-    atomic_write_text(args.out, "\n".join(text))
-    print(f"wrote {args.out}")
+    if not has_checkpoints:
+        text.append("- Latency and throughput: not measured (the run folders keep no checkpoints, as in an archive).")
+    text += ["", body.replace("\n## ", "\n### "), ""]
+    text += [reference_section(name) for name in args.reference]
+    page = "\n".join(text)
+    if args.section:
+        old = args.out.read_text(encoding="utf-8") if args.out.is_file() else ""
+        page = replace_section(old, args.section, page)
+    atomic_write_text(args.out, page)
+    print(f"wrote {args.out}" + (f" (section {args.section})" if args.section else ""))
     return 0
 
 

@@ -251,3 +251,37 @@ def test_jobs_an_interrupted_sweep_did_not_run_are_listed(tmp_path: Path) -> Non
     (tmp_path / "NOT_RUN.json").write_text(json.dumps({"signal": "SIGTERM", "not_run": [str(tmp_path / "b")]}))
     md = write_table(tmp_path, measure_latency=False).md.read_text()
     assert "## Not run: the sweep was interrupted by SIGTERM" in md and "- `b`" in md
+
+
+def _ident(src: str | None, commit: str | None = "0123456789abcdef", dirty: bool | None = False, row: str = "ln") -> dict:
+    return {"identity": {"config_hash_without_seed": row, "config_hash": "c", "source_hash": src,
+                         "git_commit": commit, "git_dirty": dirty}}
+
+
+def test_every_row_names_its_code_and_runs_of_different_code_are_not_pooled(tmp_path: Path) -> None:
+    for seed in range(2):  # the same configuration run by two code versions
+        fake_run(tmp_path / f"old{seed}", "LN", seed, 0.5, results_extra=_ident("aaaaaaaa11112222"))
+        fake_run(tmp_path / f"new{seed}", "LN", seed, 0.7, results_extra=_ident("bbbbbbbb33334444", dirty=True))
+    fake_run(tmp_path / "dyt", "DyT", 0, 0.6, results_extra=_ident("aaaaaaaa11112222", row="dyt"))
+    rows = {r["label"]: r for r in build_report(tmp_path)["rows"]}
+    assert set(rows) == {"LN [code aaaaaaaa]", "LN [code bbbbbbbb]", "DyT"}
+    assert rows["LN [code aaaaaaaa]"]["stats"]["test_acc"]["std"] == 0.0 and not rows["LN [code aaaaaaaa]"]["mixed_code"]
+    md = write_table(tmp_path, measure_latency=False).md.read_text()
+    assert _row(md, "LN [code bbbbbbbb]")["Code"] == "bbbbbbbb (git 0123456, dirty)"
+    assert _row(md, "DyT")["Code"] == "aaaaaaaa (git 0123456)"
+    assert "mixed code" not in md and "separate rows, labelled `code <hash>`" in md
+    with open(tmp_path / "summary_results.csv", newline="") as fh:
+        assert {ln["Source hash"] for ln in csv.DictReader(fh)} == {"aaaaaaaa11112222", "bbbbbbbb33334444"}
+    # pooled when asked: one LN row over both versions, flagged in the row and explained under the table
+    pooled = {r["label"]: r for r in build_report(tmp_path, split_code=False)["rows"]}
+    assert pooled["LN"]["mixed_code"] and pooled["LN"]["stats"]["n"] == 4
+    md = write_table(tmp_path, measure_latency=False, split_code=False).md.read_text()
+    assert _row(md, "LN")["Code"].startswith("⚠ mixed code: aaaaaaaa") and "Rows marked '⚠ mixed code' (LN)" in md
+
+
+def test_code_of_a_failed_run_comes_from_its_identity_file(tmp_path: Path) -> None:
+    run = fake_run(tmp_path / "f", "LN", 0, None, status="failed")
+    (run / "identity.json").write_text(json.dumps(_ident("cccccccc55556666", commit=None, dirty=None)["identity"]))
+    fake_run(tmp_path / "old", "LN", 1, 0.5)  # no identity at all
+    codes = {r["rel"]: r["code_label"] for r in collect_runs(tmp_path)}
+    assert codes == {"f": "cccccccc (no git)", "old": "unknown"}

@@ -157,26 +157,66 @@ def test_an_unknown_domain_is_rejected_before_training(make_cfg):
         validate(make_cfg("eval.domains=[uci_digits,mnist_q]"))
 
 
-def _res(method, seed, test, doms):
-    return {"method": method, "seed": seed, "test_acc": test, "domains": doms}
+def _dg_run(folder, method, seed, test, doms, lr=0.001, src="aaaaaaaa11112222"):
+    """A fabricated finished MNIST run folder with domain accuracies (``doms`` None: no domains)."""
+    import json
+
+    import yaml
+
+    folder.mkdir(parents=True)
+    cfg = {"method": method, "seed": seed, "data": {"name": "mnist"}, "model": {"name": "vit_micro_conv"},
+           "optim": {"lr": lr}, "trainer": {"max_epochs": 4}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    res = {"method": method, "seed": seed, "data": "mnist", "model": "vit_micro_conv", "test_acc": test,
+           "identity": {"source_hash": src, "git_commit": "0123456789", "git_dirty": False}}
+    if doms is not None:
+        res["domains"] = doms
+    (folder / "results.json").write_text(json.dumps(res))
+    (folder / "COMPLETED").write_text("{}")
 
 
-def test_dg_table_means_stds_and_common_average():
-    runs = [
-        _res("LN", 0, 0.99, {"uci_digits": 0.5, "mnist_m": 0.3, "svhn": None}),
-        _res("LN", 1, 0.98, {"uci_digits": 0.7, "mnist_m": 0.5, "svhn": 0.2}),
-        {"status": "completed", "results": _res("AFN", 0, 0.97, {"uci_digits": 0.6, "mnist_m": 0.2, "svhn": None})},
-        {"status": "failed", "results": None},
-        {"method": "Teacher", "seed": 0, "test_acc": 0.5},  # no domains: not in the section
-    ]
-    targets, common, rows = dg_rows(runs)
+def _dg_table_rows(md, label):
+    header = None
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| Row | Data"):
+            header = cells
+        elif header and cells and cells[0] == label:
+            return dict(zip(header, cells))
+    raise AssertionError(f"no row {label!r} in\n{md}")
+
+
+def test_dg_table_groups_like_the_main_table_and_compares_paired_by_seed(tmp_path):
+    from autonorm.pipeline.collect import collect_runs, group_runs
+
+    d = tmp_path / "dg"
+    for s, (u, m) in enumerate([(0.5, 0.3), (0.7, 0.5), (0.6, 0.4)]):
+        _dg_run(d / f"ln{s}", "LN", s, 0.99 - s / 100, {"uci_digits": u, "mnist_m": m, "svhn": 0.2 if s == 1 else None})
+        # AFN is 19-21 points better, seed by seed
+        _dg_run(d / f"afn{s}", "AFN", s, 0.97, {"uci_digits": u + 0.19 + s / 100, "mnist_m": m + 0.19 + s / 100, "svhn": None})
+    _dg_run(d / "ln_lr", "LN", 0, 0.9, {"uci_digits": 0.1, "mnist_m": 0.1}, lr=0.01)  # another config: own row
+    _dg_run(d / "ln_new", "LN", 0, 0.9, {"uci_digits": 0.2, "mnist_m": 0.2}, src="bbbbbbbb33334444")  # other code
+    _dg_run(d / "teacher", "Teacher", 0, 0.5, None)  # no domains: not in the section
+    rows = group_runs(collect_runs(d))
+    targets, common, dg = dg_rows(rows)
     assert targets == ["uci_digits", "mnist_m", "svhn"] and common == ["uci_digits", "mnist_m"]
-    ln = next(r for r in rows if r["method"] == "LN")
-    mean, std, n = ln["uci_digits"]
-    assert mean == pytest.approx(0.6) and std == pytest.approx(np.std([0.5, 0.7], ddof=1)) and n == 2
-    assert ln["average"][0] == pytest.approx(np.mean([0.4, 0.6]))  # per run over uci + mnist_m
-    assert ln["svhn"] == (0.2, None, 1)
-    md = render_dg(runs)
-    assert "| LN | 2 | 98.50 ± 0.71 | 60.00 ± 14.14 | 40.00 ± 14.14 | 20.00 (n=1) | 50.00 ± 14.14 |" in md
-    assert "Teacher" not in md and "Average over: uci_digits, mnist_m" in md
-    assert render_dg([{"method": "x", "test_acc": 0.1}]) == ""
+    by = {r["label"]: r for r in dg}
+    assert set(by) == {"AFN", "LN [optim.lr=0.001, code aaaaaaaa]", "LN [optim.lr=0.01, code aaaaaaaa]",
+                       "LN [optim.lr=0.001, code bbbbbbbb]"}
+    ln = by["LN [optim.lr=0.001, code aaaaaaaa]"]
+    assert ln["uci_digits"]["mean"] == pytest.approx(0.6) and ln["uci_digits"]["std"] == pytest.approx(0.1) and ln["n"] == 3
+    assert ln["average"]["mean"] == pytest.approx(0.5)  # per run over uci + mnist_m, then over seeds
+    assert ln["svhn"] == {"mean": 0.2, "std": None, "n": 1}
+    md = render_dg(rows)
+    row = _dg_table_rows(md, "LN [optim.lr=0.001, code aaaaaaaa]")
+    assert row["Data"] == "mnist" and row["Model"] == "vit_micro_conv" and row["Epochs"] == "4"
+    assert row["Code"] == "aaaaaaaa (git 0123456)" and row["Runs (seeds)"] == "3 (0, 1, 2)"
+    assert row["uci_digits (%)"] == "60.00 ± 10.00" and row["svhn (%)"] == "20.00 (n=1)"
+    assert _dg_table_rows(md, "LN [optim.lr=0.01, code aaaaaaaa]")["Target average (%)"] == "10.00 (n=1)"
+    assert "Teacher" not in md and "over uci_digits, mnist_m" in md and "no spread" in md
+    # paired by seed with Holm over all pairs; only what passes is worded as a finding
+    assert "## Paired comparisons of the target average" in md
+    comp = next(c for c in md.splitlines() if c.startswith("| AFN | LN [optim.lr=0.001, code aaaaaaaa] |"))
+    assert "| 3 | +20.00 |" in comp and comp.rstrip(" |").endswith("AFN higher")
+    assert "not testable (1 paired seed)" in md and "1 of 6 comparisons pass" in md
+    assert render_dg(group_runs(collect_runs(d / "teacher"))) == ""

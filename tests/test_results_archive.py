@@ -154,7 +154,7 @@ def test_a_stopped_sweep_continues_from_its_archive(tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     dest = tmp_path / "archive"
     assert archive.collect(tmp_path / "sweep", dest)["runs"] == 2
-    dyt = next(p for p in dest.iterdir() if "dyt" in p.name)
+    dyt = next(p for p in dest.iterdir() if p.is_dir() and p.name.lower().startswith("dyt"))  # DyT_mnist_mini_s0-<hash>
     import shutil
 
     shutil.rmtree(dyt)  # as if that job had never finished
@@ -165,3 +165,68 @@ def test_a_stopped_sweep_continues_from_its_archive(tmp_path):
     assert second.stdout.count("Already completed") == 1
     archive.collect(tmp_path / "sweep", dest)
     assert archive.coverage(dest) == {"expected": 2, "completed": 2, "missing": []}
+
+
+def _identity_run(sweep: Path, overrides: list[str], acc: float):
+    """A finished run folder as the sweep names it now (``<method>_<data>_s<seed>-<hash>``), with its identity."""
+    from autonorm.pipeline.identity import make_identity, public_identity, register_resolvers, write_identity
+
+    register_resolvers()
+    cfg = _compose(*overrides)
+    ident = make_identity(cfg)
+    run = sweep / ident["name"]
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    write_identity(run, ident)
+    res = {"method": ident["config"]["method"], "seed": cfg.seed, "data": "mnist", "model": cfg.model.name, "test_acc": acc,
+           "domains": {"uci_digits": acc - 0.3}, "identity": public_identity(ident)}
+    (run / "results.json").write_text(json.dumps(res))
+    (run / "COMPLETED").write_text("{}")
+    return run, ident
+
+
+def test_restored_identity_named_runs_are_skipped_only_by_the_same_code(tmp_path, capsys):
+    from autonorm.pipeline.runfolder import RunRefused, plan_run
+
+    jobs = [["experiment=fast_mnist", "sweep=dg", "+dg=LN", f"seed={s}"] for s in (0, 1)]
+    made = [_identity_run(tmp_path / "sweep", job, 0.9 + s / 100) for s, job in enumerate(jobs)]
+    assert all(run.name.startswith("LN_mnist_s") for run, _ in made)
+    dest = tmp_path / "docs" / "results" / "dg"
+    assert archive.collect(tmp_path / "sweep", dest)["runs"] == 2
+    assert {p.name for p in dest.iterdir() if p.is_dir()} == {run.name for run, _ in made}
+    assert archive.other_code(dest) == []
+
+    fresh = tmp_path / "fresh"
+    assert archive.restore(dest, fresh) == 2
+    (run, ident), _ = made
+    plan = plan_run(fresh / run.name, ident, "auto")  # the same config and code: the job is skipped
+    assert plan.skip is not None and plan.skip["test_acc"] == pytest.approx(0.9)
+    changed = {**ident, "source_hash": "f" * 16, "source_files": {**ident["source_files"], "norms/ln.py": "x"}}
+    with pytest.raises(RunRefused, match=r"another configuration or code \(source changed \(norms/ln.py\)"):
+        plan_run(fresh / run.name, changed, "auto")  # other code: named, never reused as this code's result
+    assert sorted(rel for rel, _ in archive.other_code(dest, current="f" * 16)) == sorted(r.name for r, _ in made)
+
+    # the page section: coverage-free archive table with the code of every row, the DG section and the paper's figures
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\nintro\n\n<!-- results:dg -->\nstale text\n<!-- /results:dg -->\n\ntail\n")
+    proc = subprocess.run([sys.executable, "scripts/results_doc.py", str(dest), "--title", "DG", "--reference", "afn-digits",
+                           "--out", str(page), "--section", "dg"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = page.read_text()
+    assert text.startswith("# Results\n\nintro\n") and text.rstrip().endswith("tail") and "stale text" not in text
+    assert "\n## Domain generalisation" not in text and "\n### Domain generalisation from MNIST" in text
+    assert f"(git {(ident['git_commit'] or '')[:7]}" in text or "(no git)" in text
+    assert f"| {ident['source_hash'][:8]} (" in text and "| LN | mnist |" in text and "not measured" in text
+    assert "### AFN paper, CNN, other target sets" in text and "| AFN | 33.8 | 81.2 | 63.8 |" in text
+    assert "| BN | 27.8 | 76.9 | 52.7 |" in text and "| ASRNorm | 34.1 | 78.5 | 64.3 |" in text
+
+
+def test_seed_readme_claims_are_labelled_as_not_reproduced(tmp_path):
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import results_doc
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    md = results_doc.reference_section("seed-readme")
+    assert "claimed, not reproduced" in md and "| AutoNorm-Finetune | 86.1 |" in md and "| FrozenLN | 74.5 |" in md
+    assert results_doc.replace_section("", "x", "body") == "<!-- results:x -->\nbody\n<!-- /results:x -->\n"

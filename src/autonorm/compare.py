@@ -4,7 +4,8 @@
     python -m autonorm.compare outputs/runs/train/run_a outputs/runs/train/run_b --out report/
     python -m autonorm.compare outputs/multirun/2026-11-23 --baseline LN-Finetune --no-latency
 
-Rows are configurations (runs that differ by seed alone); cells are mean ± std over seeds; the
+Rows are configurations (runs that differ by seed alone) made by one code version (source hash,
+named in the Code column; ``--pool-code`` pools versions in one flagged row); cells are mean ± std over seeds; the
 rows of one data set are compared pairwise by seed (paired t-test, Holm-adjusted); CIFAR-10-C is
 summarised over complete, equally sourced cells; latency and throughput of every row's model are
 measured together now (see :mod:`autonorm.pipeline.table`). Writes summary_results.{csv,md,png}
@@ -41,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--baseline", default=None, help="compare every row to this row only (default: every pair)")
     ap.add_argument("--mce-baseline", default=MCE_BASELINE, help=f"row the CIFAR-10-C mCE is relative to (default {MCE_BASELINE})")
     ap.add_argument("--alpha", type=float, default=0.05, help="family-wise error rate of the comparisons (Holm)")
+    ap.add_argument("--pool-code", action="store_true",
+                    help="pool runs of one configuration made by different code in one row (flagged); default: a row per code")
     ap.add_argument("--no-latency", action="store_true", help="skip measuring the rows' latency and throughput")
     ap.add_argument("--batch-sizes", type=_ints, default=[1, 256], help="latency,throughput batch sizes (default 1,256)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the latency measurement (default: all)")
@@ -57,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         paths = write_table(
             *args.folders, out_dir=args.out, allow_mixed=args.allow_mixed, baseline=args.baseline,
-            mce_baseline=args.mce_baseline, alpha=args.alpha, measure_latency=not args.no_latency,
+            mce_baseline=args.mce_baseline, alpha=args.alpha, split_code=not args.pool_code, measure_latency=not args.no_latency,
             latency_batch_sizes=args.batch_sizes, threads=args.threads, rounds=args.rounds,
             method_order=[m for m in args.method_order.split(",") if m],
         )

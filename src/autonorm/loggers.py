@@ -123,7 +123,8 @@ def _build_wandb(cfg: DictConfig, lcfg: DictConfig, run_dir: Path) -> Optional[A
     config = OmegaConf.to_container(cfg, resolve=True)
     for attempt in ("as configured", "offline"):
         try:
-            logger = make(config=config, tags=options["tags"])
+            # the mode of this attempt, explicitly: W&B's process-wide settings may hold an earlier run's
+            logger = make(config=config, tags=options["tags"], mode=os.environ["WANDB_MODE"])
             init = getattr(logger, "_wandb_init", {})
             if init.get("anonymous", False) is None:  # Lightning passes anonymous=None; wandb warns about any value
                 init.pop("anonymous")
@@ -172,9 +173,13 @@ def finish(loggers: Sequence[Any], results: Mapping[str, Any], best_path: Option
     notes: list[str] = []
     for lg in _wandb_loggers(loggers):
         try:
+            run = lg.experiment
+        except Exception as exc:
+            log.warning("W&B finishing step failed (%s); the run's files are intact.", exc)
+            continue
+        try:
             import wandb
 
-            run = lg.experiment
             scalars = {k: v for k, v in results.items() if isinstance(v, (int, float, str))}
             run.summary.update(scalars)
             # this run's row of the baseline table; W&B merges the rows of a group's runs
@@ -183,11 +188,35 @@ def finish(loggers: Sequence[Any], results: Mapping[str, Any], best_path: Option
                 art = wandb.Artifact(f"model-{run.id}", type="model")
                 art.add_file(best_path)
                 run.log_artifact(art)
+        except Exception as exc:
+            log.warning("W&B finishing step failed (%s); the run's files are intact.", exc)
+        try:  # always close the run, also after a failed step above, so that its records are written
             offline = run.settings.mode in ("offline", "dryrun")
             sync_dir = Path(run.dir).parent
             run.finish()
             if offline:
                 notes.append(f"W&B (offline): upload with `wandb sync {sync_dir}`")
         except Exception as exc:
-            log.warning("W&B finishing step failed (%s); the run's files are intact.", exc)
+            log.warning("W&B could not close its run (%s); the run's files are intact.", exc)
+    _close_wandb_files(loggers)
     return notes
+
+
+def _close_wandb_files(loggers: Sequence[Any]) -> None:
+    """Wait until W&B's service has written and closed the finished runs' files.
+
+    ``run.finish()`` only tells the service that the run is over; the service closes the run's
+    ``run-*.wandb`` file later, on its own thread. Shutting the service down (``wandb.teardown``,
+    which waits for it to exit) makes the offline file complete when the run returns, so
+    ``wandb sync`` or a reader right after it sees every record. Not done while another W&B run
+    of this process is still active (the service serves it too); the next run starts a new one.
+    """
+    if not _wandb_loggers(loggers):
+        return
+    try:
+        import wandb
+
+        if wandb.run is None:
+            wandb.teardown()
+    except Exception as exc:  # closing must not fail a finished run
+        log.warning("W&B service did not shut down cleanly (%s); its run files may be incomplete.", exc)

@@ -10,7 +10,11 @@ archive alone therefore knows which jobs are missing (:func:`coverage`, :func:`r
 ``restore(archive_dir, sweep_dir)`` copies archived runs back into a sweep folder where that run
 is not completed there, so re-running the same sweep command skips them (``resume=auto`` skips a
 folder with ``COMPLETED``) and only the missing jobs train: a sweep stopped half-way continues
-from the committed results. Checkpoints are never archived.
+from the committed results. Checkpoints are never archived. The run folders carry their
+``identity.json``, so the rerun skips a restored run only when its configuration *and* code (source
+hash) equal the new job's (:func:`autonorm.pipeline.runfolder.plan_run`); after a code change the
+job is refused with the difference named, and :func:`other_code` lists such runs beforehand. Jobs
+are matched by their Hydra overrides (``.hydra/overrides.yaml``), whatever their folder names.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ __all__ = [
     "collect",
     "coverage",
     "expected_jobs",
+    "other_code",
     "render_coverage",
     "restore",
     "write_archive_table",
@@ -159,6 +164,22 @@ def restore(archive_dir: str | os.PathLike[str], sweep_dir: str | os.PathLike[st
     return n
 
 
+def other_code(archive_dir: str | os.PathLike[str], current: Optional[str] = None) -> list[tuple[str, Optional[str]]]:
+    """Archived completed runs made by code other than ``current`` (default: this checkout's source
+    hash), as ``(run folder relative to the archive, its source hash or None)``. A rerun of the
+    sweep refuses these jobs rather than reusing them as results of the current code."""
+    from .identity import read_identity, source_hash
+
+    current = current or source_hash()
+    archive = Path(archive_dir)
+    out = []
+    for run in _run_dirs(archive) if archive.is_dir() else []:
+        src = (read_identity(run) or {}).get("source_hash")
+        if src != current:
+            out.append((str(run.relative_to(archive)), src))
+    return out
+
+
 def _record(archive: Path) -> dict[str, Any]:
     path = archive / EXPECTED_NAME
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -201,10 +222,11 @@ def render_coverage(archive_dir: str | os.PathLike[str]) -> str:
 
 
 def write_archive_table(archive_dir: str | os.PathLike[str]) -> Path:
-    """The table of the archive (:func:`autonorm.pipeline.table.write_table`) headed by its coverage."""
+    """The table of the archive (:func:`autonorm.pipeline.table.write_table`) headed by its coverage
+    (no latency columns: an archive keeps no checkpoints to measure)."""
     from .table import write_table
 
-    paths = write_table(archive_dir)
+    paths = write_table(archive_dir, measure_latency=False)
     md = paths.md.read_text(encoding="utf-8")
     atomic_write_text(paths.md, render_coverage(archive_dir) + "\n" + md)
     return paths.md

@@ -6,6 +6,12 @@ configuration is the same except for the seed: :func:`group_key` prefers the run
 identity (``results.json["identity"]["config_hash_without_seed"]``) and otherwise hashes the
 resolved ``config.yaml`` without the seed and the keys that cannot change a number
 (:data:`IGNORED_KEYS`). Runs of one row therefore differ by seed alone.
+
+Each run also names the code it ran (:func:`code_of`: the source hash, git commit and dirty flag
+of its identity). Rows are split by source hash as well: runs of one configuration made by
+different code are different rows, labelled with the code (``LN-Finetune [code 1a2b3c4d]``), so
+results of different code are never pooled silently. ``split_code=False`` pools them instead and
+flags such a row as mixed.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ __all__ = [
     "MixedDataError",
     "RESULTS_NAME",
     "check_data_sets",
+    "code_label",
+    "code_of",
     "collect_runs",
     "flat_config",
     "group_key",
@@ -141,6 +149,35 @@ def group_key(results: Optional[Mapping[str, Any]], config: Optional[Mapping[str
     return "res:" + json.dumps([res.get("method"), res.get("data"), res.get("model")], default=str)
 
 
+def code_of(results: Optional[Mapping[str, Any]], run_dir: Optional[Path] = None) -> dict[str, Any]:
+    """The code a run ran: ``{"source_hash", "git_commit", "git_dirty"}`` from
+    ``results["identity"]``, else from the run folder's ``identity.json`` (written when the run
+    starts, so failed runs have it too); None values when the run stored no identity."""
+    ident = (results or {}).get("identity")
+    if not (isinstance(ident, Mapping) and ident.get("source_hash")) and run_dir is not None:
+        stored, _ = _load_json(Path(run_dir) / "identity.json")
+        ident = stored
+    ident = ident if isinstance(ident, Mapping) else {}
+    src = ident.get("source_hash")
+    commit = ident.get("git_commit")
+    dirty = ident.get("git_dirty")
+    return {
+        "source_hash": src if isinstance(src, str) and src else None,
+        "git_commit": commit if isinstance(commit, str) and commit else None,
+        "git_dirty": dirty if isinstance(dirty, bool) else None,
+    }
+
+
+def code_label(code: Mapping[str, Any]) -> str:
+    """``"1a2b3c4d (git 0f9e8d7, dirty)"``: the source hash (what identifies the code: the content
+    of the package's source files) and the git commit it came from; "unknown" without identity."""
+    src, commit, dirty = code.get("source_hash"), code.get("git_commit"), code.get("git_dirty")
+    if not src and not commit:
+        return "unknown"
+    git = f"git {commit[:7]}" + (", dirty" if dirty else "") if commit else "no git"
+    return f"{src[:8] if src else 'no source hash'} ({git})"
+
+
 def _hydra_info(run: Path, config: Optional[dict]) -> dict[str, Any]:
     """Method and seed of a run from its config or ``.hydra/`` (for failed / unfinished jobs)."""
     info: dict[str, Any] = {}
@@ -197,6 +234,7 @@ def _read_run(run: Path, root: Path) -> dict[str, Any]:
     data = res.get("data") or (cfg.get("data") or {}).get("name")
     model = res.get("model") or (cfg.get("model") or {}).get("name")
     epochs = (cfg.get("trainer") or {}).get("max_epochs")
+    code = code_of(results, run)
     return {
         "run_dir": str(run.resolve()),
         "rel": os.path.relpath(run, root),
@@ -210,6 +248,8 @@ def _read_run(run: Path, root: Path) -> dict[str, Any]:
         "legend": cfg.get("legend"),
         "config": config,
         "group": group_key(results, config),
+        "code": code,
+        "code_label": code_label(code),
         "results": results if status == "completed" else None,
     }
 
@@ -221,8 +261,8 @@ def collect_runs(*folders: str | os.PathLike[str]) -> list[dict[str, Any]]:
     ``wandb/`` and hidden folders are not searched. Each run is a dict: ``run_dir`` (absolute),
     ``rel`` (relative to its folder argument), ``status`` ("completed" | "failed" | "unfinished"),
     ``error`` (one line, "" if none), ``method``, ``seed``, ``data``, ``model``, ``epochs``,
-    ``legend``, ``config`` (resolved config.yaml or None), ``group`` (:func:`group_key`) and
-    ``results`` (results.json of a completed run, else None). A folder reached twice counts once.
+    ``legend``, ``config`` (resolved config.yaml or None), ``group`` (:func:`group_key`), ``code``
+    (:func:`code_of`), ``code_label`` (:func:`code_label`) and ``results`` (results.json of a completed run, else None). A folder reached twice counts once.
     Raises FileNotFoundError for a missing folder.
     """
     markers = {RESULTS_NAME, FAILED, COMPLETED}
@@ -247,39 +287,57 @@ COLUMN_KEYS = ("data.name", "model.name", "trainer.max_epochs")
 
 
 def _label_parts(groups: list[list[dict[str, Any]]]) -> list[str]:
-    """The config keys that tell apart groups sharing a method (besides the columns' keys)."""
+    """What tells apart groups sharing a method (besides the columns' keys): the config keys that
+    differ and, when their code differs, the source hash (``code 1a2b3c4d``)."""
     configs = [{k: v for k, v in identity_config(g[0]["config"] or {}).items() if k not in COLUMN_KEYS} for g in groups]
     keys = sorted({k for c in configs for k in c})
     differing = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
-    return [", ".join(f"{k}={c.get(k)}" for k in differing) for c in configs]
+    codes = [_sources(g) for g in groups]
+    parts = [[f"{k}={c.get(k)}" for k in differing] for c in configs]
+    if len(set(codes)) > 1:
+        for p, src in zip(parts, codes):
+            p.append("code " + (", ".join(s[:8] for s in src if s) or "unknown") if any(src) else "code unknown")
+    return [", ".join(p) for p in parts]
 
 
-def group_runs(runs: Iterable[dict[str, Any]], method_order: Optional[list[str]] = None) -> list[dict[str, Any]]:
-    """Rows: runs grouped by :func:`group_key`, each ``{"key", "label", "method", "data", "model",
-    "epochs", "legend", "runs"}`` (runs sorted by seed). Failed and unfinished runs join the row of
-    their configuration. Rows sharing a method name get a label naming the config keys that
-    differ (e.g. ``LN-Finetune [optim.lr=0.001]``). Order: ``method_order`` first, then by data
-    set, method and label."""
+def _sources(runs: list[dict[str, Any]]) -> tuple[Optional[str], ...]:
+    """The distinct source hashes of runs (None: a run that stored none), sorted."""
+    return tuple(sorted({r["code"]["source_hash"] for r in runs}, key=lambda s: (s is None, s or "")))
+
+
+def group_runs(runs: Iterable[dict[str, Any]], method_order: Optional[list[str]] = None,
+               split_code: bool = True) -> list[dict[str, Any]]:
+    """Rows: runs grouped by :func:`group_key` and, with ``split_code``, by the source hash of their
+    code; each ``{"key", "label", "method", "data", "model", "epochs", "legend", "code",
+    "mixed_code", "runs"}`` (runs sorted by seed). ``code``: the distinct :func:`code_label` of
+    the row's runs; ``mixed_code``: the row pools runs of more than one source (only possible
+    with ``split_code=False``, or when some runs stored no identity). Failed and unfinished runs
+    join the row of their configuration. Rows sharing a method name get a label naming the config
+    keys (and the code) that differ (e.g. ``LN-Finetune [optim.lr=0.001]``, ``LN-Finetune [code
+    1a2b3c4d]``). Order: ``method_order`` first, then by data set, method and label."""
     by_key: dict[str, list[dict[str, Any]]] = {}
     for r in runs:
-        by_key.setdefault(r["group"], []).append(r)
-    groups = [sorted(g, key=lambda r: (r["seed"] is None, r["seed"] or 0, r["rel"])) for g in by_key.values()]
+        key = r["group"] + (f"@{r['code']['source_hash']}" if split_code else "")
+        by_key.setdefault(key, []).append(r)
     rows = []
-    by_method: dict[tuple, list[list[dict[str, Any]]]] = {}
-    for g in groups:
-        by_method.setdefault((g[0]["method"],), []).append(g)
-    for (method,), same in by_method.items():
-        labels = _label_parts(same) if len(same) > 1 else [""]
-        for g, extra in zip(same, labels):
+    by_method: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
+    for key, g in by_key.items():
+        g.sort(key=lambda r: (r["seed"] is None, r["seed"] or 0, r["rel"]))
+        by_method.setdefault(g[0]["method"], []).append((key, g))
+    for method, same in by_method.items():
+        labels = _label_parts([g for _, g in same]) if len(same) > 1 else [""]
+        for (key, g), extra in zip(same, labels):
             first = next((r for r in g if r["status"] == "completed"), g[0])
             rows.append({
-                "key": g[0]["group"],
+                "key": key,
                 "label": f"{method} [{extra}]" if extra else method,
                 "method": method,
                 "data": first["data"],
                 "model": first["model"],
                 "epochs": first["epochs"],
                 "legend": first["legend"],
+                "code": sorted({r["code_label"] for r in g}),
+                "mixed_code": len(_sources(g)) > 1,
                 "runs": g,
             })
     rank = {m: i for i, m in enumerate(method_order or [])}

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from .io import atomic_path
 
-__all__ = ["METRICS", "csv_text", "plot_test_accuracy", "render_markdown"]
+__all__ = ["METRICS", "code_cell", "code_notes", "comparison_lines", "csv_text", "summary_cell", "plot_test_accuracy", "render_markdown"]
 
 #: (column, results.json key, display kind)
 METRICS: tuple[tuple[str, str, str], ...] = (
@@ -22,7 +22,7 @@ METRICS: tuple[tuple[str, str, str], ...] = (
     ("Params", "params", "int"),
     ("Train time (s)", "train_time_s", "time"),
 )
-CSV_COLUMNS = ("Row", "Method", "Data", "Model", "Epochs", "Seed", *(c for c, _, _ in METRICS), "Status", "Error", "Run")
+CSV_COLUMNS = ("Row", "Method", "Data", "Model", "Epochs", "Seed", "Source hash", "Git commit", "Git dirty", *(c for c, _, _ in METRICS), "Status", "Error", "Run")
 
 
 def _fmt(v: float, kind: str) -> str:
@@ -80,6 +80,29 @@ def _latency_headers(lat: dict[str, Any]) -> tuple[str, str]:
             f"Throughput (images / s, batch {bs[-1]}, {lat['threads']} thread{'s' if lat['threads'] != 1 else ''})")
 
 
+def code_cell(row: dict[str, Any]) -> str:
+    """The code of a row's runs; a row pooling several sources is flagged ("mixed code")."""
+    text = "; ".join(row["code"])
+    return f"⚠ mixed code: {text}" if row["mixed_code"] else text
+
+
+def code_notes(rows: Sequence[dict[str, Any]], pooled: bool = False) -> list[str]:
+    """The sentences under a table that explain its Code column (and any mixed rows)."""
+    lines = [
+        "Code: the source hash of the row's runs (sha256 of the package's source files, 8 hex) and the git "
+        "commit they ran from (dirty: with uncommitted changes, so the source hash is what identifies the code). "
+        + ("Runs of one configuration made by different code are pooled in one row (asked for)."
+           if pooled else "Runs of one configuration made by different code are separate rows, labelled `code <hash>`.")
+    ]
+    mixed = [r["label"] for r in rows if r["mixed_code"]]
+    if mixed:
+        lines.append(
+            "Rows marked '⚠ mixed code' (" + ", ".join(mixed) + ") hold runs of more than one source "
+            "(or runs that stored no identity): their mean and spread mix code versions, not only seeds."
+        )
+    return lines
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     """The Markdown table of a :func:`autonorm.pipeline.table.build_report` report."""
     rows, runs, lat = report["rows"], report["runs"], report.get("latency") or None
@@ -104,14 +127,14 @@ def render_markdown(report: dict[str, Any]) -> str:
                if repeated else "")
         )
         lines.append("")
-        header = ["Row", "Data", "Model", "Epochs", "Runs (seeds)", "failed", "unfinished"] + [c for c, _, _ in METRICS]
+        header = ["Row", "Data", "Model", "Epochs", "Code", "Runs (seeds)", "failed", "unfinished"] + [c for c, _, _ in METRICS]
         if lat and lat.get("models") is not None:
             header += list(_latency_headers(lat))
         body = []
         for r in rows:
             st = r["stats"]
             cells = [r["label"], r["data"] or "", r["model"] or "", "" if r["epochs"] is None else r["epochs"],
-                     _seeds(st), st["failed"], st["unfinished"]]
+                     code_cell(r), _seeds(st), st["failed"], st["unfinished"]]
             cells += [_cell(st[key], kind, st["n"]) for _, key, kind in METRICS]
             if lat and lat.get("models") is not None:
                 m = lat["models"].get(r["key"])
@@ -120,6 +143,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             body.append(cells)
         lines += _table(header, body)
         lines.append("")
+        lines += [" ".join(code_notes(rows, not report.get("split_code", True))), ""]
         if lat:
             if lat.get("models") is not None:
                 lines.append(
@@ -150,11 +174,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _comparisons(report: dict[str, Any]) -> list[str]:
+def _comparisons(report: dict[str, Any], title: str = "Paired comparisons of test accuracy") -> list[str]:
     if not report["comparisons"]:
         return []
     alpha = report["alpha"]
-    lines = ["## Paired comparisons of test accuracy", ""]
+    lines = [f"## {title}", ""]
     lines.append(
         "Paired by seed (only seeds both rows have), two-sided paired t-test, 95% confidence interval of the "
         f"mean difference, p-values adjusted with Holm's method over all comparisons of a data set; a difference "
@@ -201,6 +225,17 @@ def _corruptions(sec: Optional[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def comparison_lines(comparisons: dict[str, list[dict[str, Any]]], alpha: float, title: str,
+                     baseline: Optional[str] = None) -> list[str]:
+    """The paired-comparison section (``{group name: compare_methods(...)}``) under ``title``."""
+    return _comparisons({"comparisons": comparisons, "alpha": alpha, "baseline": baseline}, title)
+
+
+def summary_cell(st: Optional[dict[str, Any]], kind: str, n_runs: int) -> str:
+    """A cell of mean ± std over seeds; ``(n=1)`` for one run (no spread); ``(n=k)``: k of the runs."""
+    return _cell(st, kind, n_runs)
+
+
 def csv_text(rows: list[dict[str, Any]]) -> str:
     """One line per run: the row it belongs to, its seed, raw numbers (accuracies as fractions)."""
     buf = _io.StringIO()
@@ -210,8 +245,10 @@ def csv_text(rows: list[dict[str, Any]]) -> str:
         for r in row["runs"]:
             res = r["results"] or {}
             vals = ["" if res.get(key) is None else res.get(key) for _, key, _ in METRICS]
+            code = r["code"]
             writer.writerow([row["label"], r["method"], r["data"] or "", r["model"] or "", "" if r["epochs"] is None else r["epochs"],
-                             "" if r["seed"] is None else r["seed"], *vals, r["status"], r["error"], r["rel"]])
+                             "" if r["seed"] is None else r["seed"], code["source_hash"] or "", code["git_commit"] or "",
+                             "" if code["git_dirty"] is None else code["git_dirty"], *vals, r["status"], r["error"], r["rel"]])
     return buf.getvalue()
 
 

@@ -210,6 +210,7 @@ def build_report(
     baseline: Optional[str] = None,
     mce_baseline: str = MCE_BASELINE,
     alpha: float = 0.05,
+    split_code: bool = True,
     latency: Optional[dict[str, Any]] = None,
     measure: bool = False,
     latency_batch_sizes: Sequence[int] = (1, 256),
@@ -218,7 +219,7 @@ def build_report(
 ) -> dict[str, Any]:
     """Everything the table shows, as one dict (see :func:`write_table` for the arguments)."""
     runs = collect_runs(*folders)
-    rows = group_runs(runs, list(method_order or []))
+    rows = group_runs(runs, list(method_order or []), split_code=split_code)
     data_sets = check_data_sets(rows, allow_mixed)
     for row in rows:
         row["stats"] = _row_stats(row)
@@ -239,6 +240,7 @@ def build_report(
         "comparisons": comparisons,
         "baseline": baseline,
         "alpha": alpha,
+        "split_code": split_code,
         "corruptions": corruption_section(rows, mce_baseline),
         "latency": latency,
     }
@@ -252,6 +254,7 @@ def write_table(
     baseline: Optional[str] = None,
     mce_baseline: str = MCE_BASELINE,
     alpha: float = 0.05,
+    split_code: bool = True,
     measure_latency: bool = True,
     latency_batch_sizes: Sequence[int] = (1, 256),
     threads: Optional[int] = None,
@@ -267,6 +270,8 @@ def write_table(
         baseline: compare every row to this row label only (else every pair of rows).
         mce_baseline: the row CIFAR-10-C's mCE is relative to.
         alpha: family-wise error rate of the comparisons (Holm).
+        split_code: separate rows for runs of one configuration made by different code (source
+            hash); False pools them in one row flagged as mixed.
         measure_latency: measure every row's model for latency and throughput now, together.
         latency_batch_sizes, threads, rounds: that measurement's batch sizes (first: latency,
             last: throughput), torch threads (default: the current count) and rounds.
@@ -277,7 +282,7 @@ def write_table(
         raise ValueError("no run or sweep folder given")
     report = build_report(
         *folders, method_order=method_order, allow_mixed=allow_mixed, baseline=baseline, mce_baseline=mce_baseline,
-        alpha=alpha, measure=measure_latency, latency_batch_sizes=latency_batch_sizes, threads=threads, rounds=rounds,
+        alpha=alpha, split_code=split_code, measure=measure_latency, latency_batch_sizes=latency_batch_sizes, threads=threads, rounds=rounds,
     )
     out = Path(out_dir) if out_dir is not None else Path(folders[0])
     out.mkdir(parents=True, exist_ok=True)
@@ -285,7 +290,7 @@ def write_table(
     atomic_write_text(paths.csv, csv_text(report["rows"]))
     from .dg_table import render_dg  # the domain-generalisation section ("" without domain results)
 
-    dg = render_dg(report["runs"])
+    dg = render_dg(report["rows"], alpha=alpha, pooled=not split_code)
     atomic_write_text(paths.md, render_markdown(report) + ("\n" + dg if dg else ""))
     plot_test_accuracy(report["rows"], paths.png)
     return paths

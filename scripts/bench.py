@@ -67,6 +67,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # must precede the first to
 import argparse
 import copy
 import gc
+import importlib.util
 import logging
 import platform
 import statistics
@@ -84,17 +85,16 @@ import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-try:
-    import autonorm  # noqa: F401
-except ImportError:  # running from a checkout without the editable install
+if importlib.util.find_spec("autonorm") is None:  # running from a checkout without the install
     sys.path.insert(0, str(REPO / "src"))
 
 from omegaconf import OmegaConf  # noqa: E402
 
 from autonorm.build import build_model  # noqa: E402
+from autonorm.config import ConfigError  # noqa: E402
+from autonorm.configs import compose, load_group  # noqa: E402
 from autonorm.pipeline.io import atomic_write_json  # noqa: E402
 
-CONF = REPO / "src" / "autonorm" / "conf"
 DEFAULT_OUT = REPO / "outputs" / "bench" / "bench.json"
 
 #: Training batch per model (other models: 256).
@@ -166,33 +166,27 @@ class BenchConfig:
 
 
 def load_model_cfg(name: str) -> dict[str, Any]:
-    """The ``conf/model/<name>.yaml`` group as a plain dict."""
-    path = CONF / "model" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-        raise ValueError(f"unknown model {name!r}; known: {known}")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+    """The ``model=<name>`` group as a plain dict."""
+    try:
+        return OmegaConf.to_container(load_group("model", name), resolve=True)  # type: ignore[return-value]
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def norm_cfg(variant: str, impl: Optional[str] = None) -> dict[str, Any]:
-    """The ``norm`` config of a variant, read from ``conf/norm`` (and ``conf/gate`` for AutoNorm),
-    with ``impl`` forced when given (LayerNorm has none)."""
+    """The ``norm`` config of a variant as a run composes it (with its gate for AutoNorm), with
+    ``impl`` forced when given (LayerNorm has none)."""
     norm, gate = VARIANTS[variant]
-    root = {"norm": OmegaConf.load(CONF / "norm" / f"{norm}.yaml")}
-    if gate is not None:
-        root["gate"] = OmegaConf.load(CONF / "gate" / f"{gate}.yaml")
-    out = OmegaConf.to_container(OmegaConf.create(root), resolve=True)["norm"]  # type: ignore[index]
+    cfg = compose(["~local", f"norm={norm}", f"gate={gate or 'soft'}"])
+    out: dict[str, Any] = OmegaConf.to_container(cfg.norm, resolve=True)  # type: ignore[assignment]
     if impl is not None and "impl" in out:
         out["impl"] = impl
     return out
 
 
 def optim_cfg() -> dict[str, Any]:
-    """The ``optim`` block of ``conf/train.yaml``."""
-    try:
-        return dict(OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").optim, resolve=True))  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001 - fall back to the documented defaults
-        return {"lr": 2e-3, "weight_decay": 0.05, "betas": [0.9, 0.999], "warmup_epochs": 0.5, "min_lr_ratio": 0.01}
+    """The ``optim`` block of the train config."""
+    return dict(OmegaConf.to_container(compose(["~local"]).optim, resolve=True))  # type: ignore[arg-type]
 
 
 def model_spec(name: str, quick: bool = False) -> ModelSpec:

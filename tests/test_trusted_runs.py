@@ -28,6 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from autonorm import configs
 from autonorm.cli import evaluate_checkpoint, run_job, train
 from autonorm.pipeline import identity as identity_mod
 from autonorm.pipeline.identity import make_identity, unused_overrides
@@ -170,11 +171,8 @@ def test_truncated_cache_checkpoint_is_rebuilt_under_the_lock(make_cfg):
     ["experiment=AutoNorm-finetune-KD", "experiment=nonexistent", "debug=fats", "sweep=table_mni", "hparams_search=optuna_nrom"],
 )
 def test_unknown_option_of_any_group_is_hydras_error_with_choices(override):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        with pytest.raises(MissingConfigException, match="Available options") as exc:
-            compose(config_name="train", overrides=[override])
-    GlobalHydra.instance().clear()
+    with pytest.raises(MissingConfigException, match="Available options") as exc:
+        configs.compose([override])
     assert override.split("=")[0] in str(exc.value)
 
 
@@ -379,10 +377,7 @@ def test_eval_py_on_a_run_folder_checkpoint_uses_its_data_set(tmp_path):
 
 
 def _eval_cfg(*overrides: str, tmp_path: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="eval", overrides=["eval=none", f"paths.output_root={tmp_path}", *overrides])
-    GlobalHydra.instance().clear()
+    cfg = configs.compose(["eval=none", f"paths.output_root={tmp_path}", *overrides], config_name="eval")
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "evalout")
     return cfg

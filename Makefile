@@ -65,5 +65,9 @@ table-recipe: install
 bench: install
 	$(PY) scripts/bench.py
 
+## unused imports and names, undefined names (pyflakes) over the code, scripts and tests
+lint: install
+	$(PY) -m pyflakes src scripts tests train.py eval.py
+
 clean:
 	rm -rf outputs .pytest_cache

@@ -11,7 +11,6 @@ sweep's ``multirun.yaml``), the seeds and the wall time (first job start to last
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

@@ -9,7 +9,7 @@ whose message names the offending key, e.g. ``optim.lr must be > 0 (got -1.0)``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -54,19 +52,14 @@ def _py(script: str, *args: str, env: dict[str, str] | None = None, timeout: int
 
 def _compose_run(*overrides: str, conf: Path = CONF, config_name: str = "train") -> tuple[DictConfig, Path]:
     """The job config and the run folder Hydra would give ``python train.py <overrides>``."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            full = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
-        HydraConfig.instance().set_config(full)
-        run_dir = Path(str(OmegaConf.select(full, "hydra.run.dir")))
-        cfg = OmegaConf.create(OmegaConf.to_container(full, resolve=False))
-        with open_dict(cfg):
-            del cfg["hydra"]
-            cfg.paths.output_dir = str(run_dir)
-        return cfg, run_dir
-    finally:
-        GlobalHydra.instance().clear()
+    full = configs.compose(overrides, config_name=config_name, return_hydra_config=True, config_dir=conf)
+    HydraConfig.instance().set_config(full)
+    run_dir = Path(str(OmegaConf.select(full, "hydra.run.dir")))
+    cfg = OmegaConf.create(OmegaConf.to_container(full, resolve=False))
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.paths.output_dir = str(run_dir)
+    return cfg, run_dir
 
 
 def _user_error(cfg: DictConfig, capsys, job=train) -> str:

@@ -7,6 +7,7 @@ options are read with their ``defaults:`` lists exactly as a run reads them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import hydra
@@ -21,16 +22,18 @@ from autonorm.config import ConfigError
 VERSION_BASE = "1.3"
 
 
-def compose(overrides: Sequence[str] = (), config_name: str = "train", return_hydra_config: bool = False) -> DictConfig:
+def compose(
+    overrides: Sequence[str] = (), config_name: str = "train", return_hydra_config: bool = False, config_dir: Path = CONF_DIR
+) -> DictConfig:
     """The config ``config_name`` (``train`` or ``eval``) composed with ``overrides``, as
-    ``python train.py <overrides>`` would see it. Works inside a running Hydra app too (its
-    global state is set aside and restored)."""
+    ``python train.py <overrides>`` would see it (from ``config_dir``, the package's config tree
+    unless told). Works inside a running Hydra app too (its global state is set aside and restored)."""
     resolvers.register()  # ${run_name:} and the others, for whoever resolves the result
     gh = GlobalHydra.instance()
     running = gh.hydra if gh.is_initialized() else None
     gh.clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=VERSION_BASE):
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=VERSION_BASE):
             return hydra.compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
     finally:
         GlobalHydra.instance().clear()

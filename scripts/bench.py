@@ -662,12 +662,7 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
             flush=True,
         )
     busy = bool(before["busy"] or during["busy"])
-    try:
-        import pytorch_lightning as pl
-
-        pl_version = pl.__version__
-    except ImportError:  # pragma: no cover
-        pl_version = None
+    import pytorch_lightning as pl
     result: dict[str, Any] = {
         "schema": 1,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -678,7 +673,7 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         "impl": cfg.impl or "configs (conf/norm)",
         "machine": {**machine_info(cfg.device), "matmul_gflops": matmul["gflops"], "matmul_n": matmul["n"]},
         "torch": torch.__version__,
-        "lightning": pl_version,
+        "lightning": pl.__version__,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "machine_busy": busy,
@@ -718,7 +713,10 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
 
 
 def print_report(result: dict[str, Any]) -> None:
-    """The RATIO lines, then a table (rich when installed, else plain text)."""
+    """The RATIO lines, then a table."""
+    from rich.console import Console
+    from rich.table import Table
+
     ratios = list(result["ratios"].values())
     nk = result.get("native_kernels") or {}
     m = result["machine"]
@@ -744,21 +742,12 @@ def print_report(result: dict[str, Any]) -> None:
     title = (f"AutoNorm benchmark ({result['mode']}) on {m.get('gpu') or m['cpu_model']}, {m['cores']} cores, "
              f"{result['threads']} threads, torch {result['torch']}"
              + (" [MACHINE BUSY: unreliable]" if result["machine_busy"] else ""))  # fmt: skip
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for col in ("figure", "value", "target", "result", "note"):
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row)
-        Console(width=140).print(table)
-    except ImportError:
-        print(title)
-        widths = [max(len(str(row[i])) for row in rows + [("figure", "value", "target", "result", "note")]) for i in range(5)]
-        for row in [("figure", "value", "target", "result", "note")] + rows:
-            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    table = Table(title=title)
+    for col in ("figure", "value", "target", "result", "note"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    Console(width=140).print(table)
     raw = result["raw"]
     for name, tr in raw["train"].items():
         steps = ", ".join(f"{v} {t * 1000:.1f}" for v, t in tr["median_step_s"].items())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobRuntime
 from omegaconf import OmegaConf
 
 from autonorm import CONF_DIR, configs
@@ -31,11 +32,12 @@ def test_unknown_option_names_the_choices():
 
 def test_compose_inside_a_running_hydra_app_leaves_it_as_it_was():
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), job_name="train", version_base="1.3"):
         running = GlobalHydra.instance().hydra
         cfg = configs.compose(["norm=dyt"])
         assert cfg.norm.name == "dyt"
         assert GlobalHydra.instance().is_initialized() and GlobalHydra.instance().hydra is running
+        assert JobRuntime.instance().get("name") == "train"  # the running job keeps its name
     assert not GlobalHydra.instance().is_initialized()
 
 

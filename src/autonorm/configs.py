@@ -13,6 +13,7 @@ from typing import Sequence
 import hydra
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.utils import JobRuntime
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,9 +32,10 @@ def compose(
     resolvers.register()  # ${run_name:} and the others, for whoever resolves the result
     gh = GlobalHydra.instance()
     running = gh.hydra if gh.is_initialized() else None
+    job_name = JobRuntime.instance().get("name")  # a running job's name, which initialising would overwrite
     gh.clear()
     try:
-        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base=VERSION_BASE):
+        with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), job_name=job_name, version_base=VERSION_BASE):
             return hydra.compose(config_name=config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
     finally:
         GlobalHydra.instance().clear()

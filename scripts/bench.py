@@ -255,17 +255,10 @@ def build_task(spec: ModelSpec, variant: str, cfg: BenchConfig) -> Any:
     return task.to(cfg.device)
 
 
-def adamw(task: Any) -> torch.optim.Optimizer:
-    """The task's optimiser as training builds it: AdamW over its parameter groups (no weight decay
-    on 1-D parameters), ``optim.lr``, ``optim.betas``, ``optim.foreach``."""
-    optim = task.optim_cfg
-    return torch.optim.AdamW(task.param_groups(), lr=float(optim["lr"]), betas=tuple(optim.get("betas", (0.9, 0.999))), foreach=bool(optim.get("foreach", True)))
-
-
 def _train_step_fn(task: Any, x: torch.Tensor, y: torch.Tensor, precision: str = "32-true") -> Callable[[], None]:
     """One training step of ``task`` without Lightning: its loss, backward, AdamW step, zero_grad."""
     task.train()
-    opt = adamw(task)
+    opt = task.optimizer()
 
     def step() -> None:
         with _autocast(x.device.type, precision):
@@ -483,7 +476,7 @@ def measure_lightning(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     def plain_run() -> list[float]:
         model = task.model
         model.train()
-        opt = adamw(task)
+        opt = task.optimizer()
         warm = int(float(optim.get("warmup_epochs", 0.0)) * steps)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, WarmupCosine(min(warm, steps // 2), steps, float(optim.get("min_lr_ratio", 0.0)))

@@ -10,7 +10,7 @@ OUT     ?= outputs
 # make dg: the students (conf/dg/ names; empty = the list in conf/sweep/dg.yaml), extra overrides
 DG_NORMS ?=
 DG_ARGS ?=
-# make table-recipe: the rows (conf/experiment/ names; empty = the list in conf/sweep/table_recipe.yaml)
+# make table-recipe: the rows (conf/experiment/ names; empty = the list in conf/sweep/base/table.yaml)
 ROWS    ?=
 RECIPE_ARGS ?=
 export OMP_WAIT_POLICY ?= passive
@@ -64,6 +64,10 @@ table-recipe: install
 
 bench: install
 	$(PY) scripts/bench.py
+
+## unused imports and names, undefined names (pyflakes) over the code, scripts and tests
+lint: install
+	$(PY) -m pyflakes src scripts tests train.py eval.py
 
 clean:
 	rm -rf outputs .pytest_cache

@@ -23,12 +23,16 @@ Everything is measured in ONE process. Every comparison is INTERLEAVED: the vari
 compared run round-robin (one "round" = a few timed repetitions of each variant, the starting
 variant rotating from round to round), and each figure is the median over rounds of the per-round
 ratio (a per-round ratio divides medians taken within the same round, so slow drifts of the
-machine's speed cancel). Warm-up repetitions run before the first round and are not timed.
+machine's speed cancel). Warm-up repetitions run before the first round and are not timed. The
+harness is :mod:`autonorm.eval.timing` (on ``torch.utils.benchmark``; the matmul reference rates
+come from ``torch.utils.benchmark.Timer.blocked_autorange``); the machine description and the
+idleness check are :mod:`autonorm.eval.machine`; configs are composed by :mod:`autonorm.configs`.
 
 Figures (each printed as ``RATIO <name> <value> (target <= <x>)`` or ``(target >= <x>)``):
 
-1. ``train_step/<model>/<norm>``: time of one training step (forward, cross-entropy, backward,
-   AdamW step, zero_grad) on a fixed random batch (vit_micro: 128, vit_tiny: 256 images of
+1. ``train_step/<model>/<norm>``: time of one training step of the project's
+   ``ClassificationTask`` without Lightning (forward, its loss, backward, AdamW step over its
+   parameter groups with the train config's ``optim``, zero_grad) on a fixed random batch (vit_micro: 128, vit_tiny: 256 images of
    32x32), divided by the same for LayerNorm. Targets: DyT <= 1.00, AutoNorm soft/gumbel <= 1.05,
    AFN <= 1.10.
 2. ``inference/<model>/<norm>``: eval-mode forward under ``torch.inference_mode`` of a batch of
@@ -67,34 +71,33 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # must precede the first to
 import argparse
 import copy
 import gc
+import importlib.util
 import logging
-import platform
-import statistics
 import sys
 import tempfile
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
-try:
-    import autonorm  # noqa: F401
-except ImportError:  # running from a checkout without the editable install
+if importlib.util.find_spec("autonorm") is None:  # running from a checkout without the install
     sys.path.insert(0, str(REPO / "src"))
 
 from omegaconf import OmegaConf  # noqa: E402
 
 from autonorm.build import build_model  # noqa: E402
+from autonorm.config import ConfigError  # noqa: E402
+from autonorm.configs import compose, load_group  # noqa: E402
+from autonorm.eval.machine import BUSY_OTHER_CORES, check_idle, cpu_counters, loadavg, machine_info, other_cores, usable_cores  # noqa: E402
+from autonorm.eval.timing import all_median, median, per_round_medians, ratio_of_rounds, round_robin, statement_seconds  # noqa: E402
 from autonorm.pipeline.io import atomic_write_json  # noqa: E402
 
-CONF = REPO / "src" / "autonorm" / "conf"
 DEFAULT_OUT = REPO / "outputs" / "bench" / "bench.json"
 
 #: Training batch per model (other models: 256).
@@ -111,14 +114,10 @@ TRAIN_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel", "afn")
 INFER_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel")
 TRAIN_TARGETS = {"dyt": 1.00, "autonorm_soft": 1.05, "autonorm_gumbel": 1.05, "afn": 1.10}
 PRECISIONS = ("32-true", "bf16-mixed")
-#: Instruction-set flags printed with the CPU model (all flags are in the JSON).
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
 INFER_TARGET = 1.00
 LIGHTNING_TARGET = 1.03
 DATA_PATH_TARGET = 10.0
 MATMUL_TARGET = 0.60
-#: Other processes using at least this many cores (on average) make the machine "busy".
-BUSY_OTHER_CORES = 0.25
 
 
 # ----------------------------------------------------------------------------------- configuration
@@ -144,7 +143,7 @@ class BenchConfig:
     precision: str = "32-true"  # or bf16-mixed (torch.autocast to bfloat16)
     compile: bool = False
     impl: Optional[str] = None  # None: the configs' impl
-    matmul_rounds: int = 3
+    matmul_min_run_s: float = 1.0  # per dtype, torch.utils.benchmark.Timer.blocked_autorange
     infer_batch: int = 256
     infer_rounds: int = 5
     infer_iters_per_round: int = 3
@@ -166,33 +165,27 @@ class BenchConfig:
 
 
 def load_model_cfg(name: str) -> dict[str, Any]:
-    """The ``conf/model/<name>.yaml`` group as a plain dict."""
-    path = CONF / "model" / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
-        raise ValueError(f"unknown model {name!r}; known: {known}")
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[return-value]
+    """The ``model=<name>`` group as a plain dict."""
+    try:
+        return OmegaConf.to_container(load_group("model", name), resolve=True)  # type: ignore[return-value]
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def norm_cfg(variant: str, impl: Optional[str] = None) -> dict[str, Any]:
-    """The ``norm`` config of a variant, read from ``conf/norm`` (and ``conf/gate`` for AutoNorm),
-    with ``impl`` forced when given (LayerNorm has none)."""
+    """The ``norm`` config of a variant as a run composes it (with its gate for AutoNorm), with
+    ``impl`` forced when given (LayerNorm has none)."""
     norm, gate = VARIANTS[variant]
-    root = {"norm": OmegaConf.load(CONF / "norm" / f"{norm}.yaml")}
-    if gate is not None:
-        root["gate"] = OmegaConf.load(CONF / "gate" / f"{gate}.yaml")
-    out = OmegaConf.to_container(OmegaConf.create(root), resolve=True)["norm"]  # type: ignore[index]
+    cfg = compose(["~local", f"norm={norm}", f"gate={gate or 'soft'}"])
+    out: dict[str, Any] = OmegaConf.to_container(cfg.norm, resolve=True)  # type: ignore[assignment]
     if impl is not None and "impl" in out:
         out["impl"] = impl
     return out
 
 
 def optim_cfg() -> dict[str, Any]:
-    """The ``optim`` block of ``conf/train.yaml``."""
-    try:
-        return dict(OmegaConf.to_container(OmegaConf.load(CONF / "train.yaml").optim, resolve=True))  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001 - fall back to the documented defaults
-        return {"lr": 2e-3, "weight_decay": 0.05, "betas": [0.9, 0.999], "warmup_epochs": 0.5, "min_lr_ratio": 0.01}
+    """The ``optim`` block of the train config."""
+    return dict(OmegaConf.to_container(compose(["~local"]).optim, resolve=True))  # type: ignore[arg-type]
 
 
 def model_spec(name: str, quick: bool = False) -> ModelSpec:
@@ -219,32 +212,7 @@ def default_config(quick: bool = False, models: Optional[Sequence[str]] = None) 
     return BenchConfig(models=specs, mode="full", lightning_model=micro, data_model=micro)
 
 
-# --------------------------------------------------------------------------- machine and idleness
-def machine_info(device: str = "cpu") -> dict[str, Any]:
-    """CPU model and instruction-set flags, core counts, platform, GPU name (for ``cuda``)."""
-    cpu_model, flags = platform.processor() or "unknown", ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name") and cpu_model in ("unknown", platform.processor()):
-                cpu_model = line.split(":", 1)[1].strip()
-            elif line.startswith(("flags", "Features")) and not flags:
-                flags = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    flag_set = set(flags.split())
-    info = {
-        "cpu_model": cpu_model,
-        "cpu_flags": flags,
-        "cpu_isa": [f for f in ISA_FLAGS if f in flag_set],
-        "cores": usable_cores(),
-        "logical_cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "gpu": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None,
-    }
-    return info
-
-
+# ---------------------------------------------------------------------------- what ran
 def auto_choices() -> dict[str, Any]:
     """The choices ``impl="auto"`` made (or read from its cache) in this process."""
     from autonorm.kernels import select
@@ -258,119 +226,6 @@ def native_status() -> dict[str, Any]:
 
     st = native.status()
     return {"available": st["available"], "error": st["error"]}
-
-
-def usable_cores() -> int:
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _cpu_counters() -> Optional[tuple[float, float, float]]:
-    """(busy CPU-seconds of the whole machine, CPU-seconds of this process, wall time)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        vals = [int(v) for v in fields]
-        own = os.times()
-    except (OSError, ValueError, IndexError):
-        return None
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
-    busy = sum(vals[:8]) - vals[3] - (vals[4] if len(vals) > 4 else 0)
-    return busy / hz, own.user + own.system, time.perf_counter()
-
-
-def _other_cores(a: Optional[tuple[float, float, float]], b: Optional[tuple[float, float, float]]) -> Optional[float]:
-    """Average cores used by other processes between two :func:`_cpu_counters` readings."""
-    if a is None or b is None or b[2] <= a[2]:
-        return None
-    return max(0.0, ((b[0] - a[0]) - (b[1] - a[1])) / (b[2] - a[2]))
-
-
-def loadavg() -> Optional[list[float]]:
-    """The 1, 5 and 15 minute load averages, or None where unavailable."""
-    try:
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    except (OSError, ValueError):
-        return None
-
-
-def check_idle(sample_s: float = 1.0) -> dict[str, Any]:
-    """Sample other processes' CPU use for ``sample_s`` seconds and read the load average.
-
-    Busy when others use >= ``BUSY_OTHER_CORES`` cores during the sample. The 1-minute load
-    average is recorded but decides only where ``/proc/stat`` cannot be read (busy when it is at
-    least the core count): it lags by about a minute, so right after other jobs finish it still
-    reads high on an idle machine.
-    """
-    a = _cpu_counters()
-    time.sleep(max(0.0, sample_s))
-    b = _cpu_counters()
-    others = _other_cores(a, b)
-    load = loadavg()
-    cores = usable_cores()
-    if others is not None:
-        busy = others >= BUSY_OTHER_CORES
-    else:
-        busy = load is not None and load[0] >= cores
-    return {"other_cpu_cores": others, "loadavg": load, "cores": cores, "busy": bool(busy), "sample_s": sample_s}
-
-
-# ------------------------------------------------------------------------------ timing primitives
-def round_robin(
-    units: dict[str, Callable[[], Any]],
-    rounds: int,
-    reps: int | dict[str, int] = 1,
-    warmup: int = 1,
-    sync: Optional[Callable[[], None]] = None,
-) -> dict[str, list[list[float]]]:
-    """Time each unit ``reps`` times per round, the units taken in turn, for ``rounds`` rounds.
-
-    ``warmup`` untimed calls of every unit come first. The unit that opens a round rotates, so no
-    variant always runs first. ``sync`` (e.g. ``torch.cuda.synchronize``) runs before the clock
-    starts and before it stops. Returns ``{name: [[seconds of each rep] for each round]}``.
-    """
-    sync = sync or (lambda: None)
-    names = list(units)
-    for _ in range(max(0, warmup)):
-        for n in names:
-            units[n]()
-    sync()
-    out: dict[str, list[list[float]]] = {n: [] for n in names}
-    for r in range(rounds):
-        k = r % len(names)
-        gc.collect()
-        for n in names[k:] + names[:k]:
-            times = []
-            for _ in range(reps[n] if isinstance(reps, dict) else reps):
-                sync()
-                t0 = time.perf_counter()
-                units[n]()
-                sync()
-                times.append(time.perf_counter() - t0)
-            out[n].append(times)
-    return out
-
-
-def _med(xs: Sequence[float]) -> float:
-    return float(statistics.median(xs))
-
-
-def per_round_medians(times: list[list[float]]) -> list[float]:
-    """Median of each round's repetitions."""
-    return [_med(t) for t in times]
-
-
-def all_median(times: list[list[float]]) -> float:
-    """Median over every timed repetition of every round."""
-    return _med([t for rnd in times for t in rnd])
-
-
-def ratio_of_rounds(num: list[list[float]], den: list[list[float]]) -> float:
-    """Median over rounds of (round median of ``num``) / (round median of ``den``)."""
-    return _med([a / b for a, b in zip(per_round_medians(num), per_round_medians(den))])
 
 
 # --------------------------------------------------------------------------------------- models
@@ -389,17 +244,25 @@ def _maybe_compile(model: nn.Module, compile: bool) -> Callable[..., Any]:
     return torch.compile(model) if compile else model
 
 
-def _train_step_fn(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, foreach: bool = True, precision: str = "32-true", compile: bool = False
-) -> Callable[[], None]:
-    model.train()
-    # foreach as in training (optim.foreach, default true)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.05, foreach=foreach)
-    fwd = _maybe_compile(model, compile)
+def build_task(spec: ModelSpec, variant: str, cfg: BenchConfig) -> Any:
+    """The project's ``ClassificationTask`` (the train config's ``optim``) around a freshly
+    initialised ViT of ``spec`` with the norm ``variant`` (the same weights as :func:`build`)."""
+    from autonorm.tasks import ClassificationTask
+
+    torch.manual_seed(0)
+    task = ClassificationTask(spec.cfg, norm_cfg(variant, cfg.impl), cfg.num_classes, optim_cfg(), compile=cfg.compile)
+    task.configure_model()  # torch.compile of the model with --compile (compiled in the warm-up)
+    return task.to(cfg.device)
+
+
+def _train_step_fn(task: Any, x: torch.Tensor, y: torch.Tensor, precision: str = "32-true") -> Callable[[], None]:
+    """One training step of ``task`` without Lightning: its loss, backward, AdamW step, zero_grad."""
+    task.train()
+    opt = task.optimizer()
 
     def step() -> None:
         with _autocast(x.device.type, precision):
-            loss = F.cross_entropy(fwd(x), y)
+            loss = task.training_loss(x, task(x), y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -424,27 +287,18 @@ def _batch(n: int, img: int, num_classes: int, seed: int = 0, device: str = "cpu
     return x.to(device), y.to(device)
 
 
-def _sync(device: str) -> Optional[Callable[[], None]]:
-    return torch.cuda.synchronize if device == "cuda" else None
-
-
 def measure_matmul(cfg: BenchConfig) -> dict[str, Any]:
     """The machine's matmul rate in float32 and bfloat16 (GFLOP/s, 2 n^3 FLOPs per n x n x n
-    product), interleaved, median over rounds."""
+    product): the median block of ``torch.utils.benchmark.Timer.blocked_autorange``."""
     n = cfg.matmul_n
-    units: dict[str, Callable[[], Any]] = {}
+    flop = 2.0 * n**3
+    gflops, times = {}, {}
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         a = torch.randn(n, n, device=cfg.device).to(dtype)
         b = torch.randn(n, n, device=cfg.device).to(dtype)
-        units[name] = lambda a=a, b=b: torch.mm(a, b)
-    times = round_robin(units, cfg.matmul_rounds, 2, warmup=1, sync=_sync(cfg.device))
-    flop = 2.0 * n**3
-    return {
-        "n": n,
-        "gflops": {k: _med([flop / t for t in per_round_medians(v)]) / 1e9 for k, v in times.items()},
-        "convention": "2 FLOPs per multiply-add (2 n^3 per n x n x n product)",
-        "times": times,
-    }
+        m = statement_seconds("torch.mm(a, b)", {"torch": torch, "a": a, "b": b}, cfg.matmul_min_run_s)
+        gflops[name], times[name] = flop / m.median / 1e9, list(m.times)
+    return {"n": n, "gflops": gflops, "convention": "2 FLOPs per multiply-add (2 n^3 per n x n x n product)", "times": times}
 
 
 def flops_per_sample(model: nn.Module, img_size: int = 32) -> dict[str, Any]:
@@ -496,18 +350,17 @@ def measure_training(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     x, y = _batch(spec.train_batch, cfg.img_size, cfg.num_classes, device=cfg.device)
     units: dict[str, Callable[[], Any]] = {}
     flops: dict[str, dict[str, Any]] = {}
-    foreach = bool(optim_cfg().get("foreach", True))
     for v in cfg.train_variants:
-        model = build(spec, v, cfg.num_classes, cfg.impl, cfg.device)
-        flops[v] = flops_per_sample(model, cfg.img_size)
-        units[v] = _train_step_fn(model, x, y, foreach, cfg.precision, cfg.compile)
+        task = build_task(spec, v, cfg)
+        flops[v] = flops_per_sample(task.model, cfg.img_size)
+        units[v] = _train_step_fn(task, x, y, cfg.precision)
     n = cfg.matmul_n
     mm_dtype = torch.bfloat16 if cfg.precision == "bf16-mixed" else torch.float32
     a, b = torch.randn(n, n, device=cfg.device).to(mm_dtype), torch.randn(n, n, device=cfg.device).to(mm_dtype)
     units["matmul"] = lambda: torch.mm(a, b)
     reps = {v: spec.steps_per_round for v in cfg.train_variants}
     reps["matmul"] = 2
-    times = round_robin(units, spec.rounds, reps, spec.warmup, sync=_sync(cfg.device))
+    times = round_robin(units, spec.rounds, reps, spec.warmup)
     mm_flop = 2.0 * n**3
     mm_rates = [mm_flop / t for t in per_round_medians(times["matmul"])]
     out: dict[str, Any] = {
@@ -517,7 +370,7 @@ def measure_training(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
         "warmup": spec.warmup,
         "median_step_s": {v: all_median(times[v]) for v in cfg.train_variants},
         "matmul_median_s": all_median(times["matmul"]),
-        "matmul_gflops": _med(mm_rates) / 1e9,
+        "matmul_gflops": median(mm_rates) / 1e9,
         "matmul_dtype": str(mm_dtype).replace("torch.", ""),
         "flops_per_sample": {v: flops[v]["flops"] for v in cfg.train_variants},
         "flops_source": {v: flops[v]["source"] for v in cfg.train_variants},
@@ -531,8 +384,8 @@ def measure_training(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
             out["ratio_to_ln"][v] = ratio_of_rounds(times[v], times["ln"])
         step_flop = 3.0 * flops[v]["flops"] * spec.train_batch
         rates = [step_flop / t for t in per_round_medians(times[v])]
-        out["train_gflops"][v] = _med(rates) / 1e9
-        out["throughput_vs_matmul"][v] = _med([r / m for r, m in zip(rates, mm_rates)])
+        out["train_gflops"][v] = median(rates) / 1e9
+        out["throughput_vs_matmul"][v] = median([r / m for r, m in zip(rates, mm_rates)])
     return out
 
 
@@ -550,7 +403,7 @@ def measure_inference(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
         if has_deploy(model):
             deploy = True
             units[f"{v}+deploy"] = _infer_fn(deployed_copy(model), x, cfg.precision, cfg.compile)
-    times = round_robin(units, cfg.infer_rounds, cfg.infer_iters_per_round, cfg.infer_warmup, sync=_sync(cfg.device))
+    times = round_robin(units, cfg.infer_rounds, cfg.infer_iters_per_round, cfg.infer_warmup)
     out: dict[str, Any] = {
         "batch": cfg.infer_batch,
         "deploy_available": deploy,
@@ -623,7 +476,7 @@ def measure_lightning(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     def plain_run() -> list[float]:
         model = task.model
         model.train()
-        opt = torch.optim.AdamW(task.param_groups(), lr=float(optim["lr"]), betas=tuple(optim.get("betas", (0.9, 0.999))), foreach=bool(optim.get("foreach", True)))
+        opt = task.optimizer()
         warm = int(float(optim.get("warmup_epochs", 0.0)) * steps)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, WarmupCosine(min(warm, steps // 2), steps, float(optim.get("min_lr_ratio", 0.0)))
@@ -689,7 +542,7 @@ def measure_data_path(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
             pass
 
     x, y = _batch(bs, cfg.img_size, cfg.num_classes)
-    step = _train_step_fn(build(spec, "ln", cfg.num_classes), x, y, bool(optim_cfg().get("foreach", True)))
+    step = _train_step_fn(build_task(spec, "ln", replace(cfg, device="cpu", compile=False)), x, y)
     units = {"loader_pass": one_pass, "train_step": step}
     reps = {"loader_pass": 1, "train_step": cfg.data_train_steps_per_round}
     times = round_robin(units, cfg.data_rounds, reps, warmup=1)
@@ -700,9 +553,9 @@ def measure_data_path(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
         "batch": bs,
         "images_per_pass": delivered,
         "augmentation": "random crop (padding 4) + horizontal flip",
-        "loader_images_per_s": _med(load_rates),
-        "train_images_per_s": _med(train_rates),
-        "ratio": _med([a / b for a, b in zip(load_rates, train_rates)]),
+        "loader_images_per_s": median(load_rates),
+        "train_images_per_s": median(train_rates),
+        "ratio": median([a / b for a, b in zip(load_rates, train_rates)]),
         "times": times,
     }
 
@@ -740,7 +593,7 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
             f"loadavg {before['loadavg']}); figures are unreliable",
             flush=True,
         )
-    counters = _cpu_counters()
+    counters = cpu_counters()
     log(f"matmul rates on {cfg.device} (n={cfg.matmul_n}, float32 and bfloat16)")
     matmul = measure_matmul(cfg)
     ratios: list[dict[str, Any]] = []
@@ -793,7 +646,7 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
             ratios.append(make_ratio(f"throughput_vs_matmul/{spec.name}/{v}", tr["throughput_vs_matmul"][v], MATMUL_TARGET,
                                      op=">=", note=note))  # fmt: skip
 
-    during = {"other_cpu_cores": _other_cores(counters, _cpu_counters()), "loadavg": loadavg()}
+    during = {"other_cpu_cores": other_cores(counters, cpu_counters()), "loadavg": loadavg()}
     during["busy"] = bool(during["other_cpu_cores"] is not None and during["other_cpu_cores"] >= BUSY_OTHER_CORES)
     if during["busy"]:
         print(
@@ -802,12 +655,7 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
             flush=True,
         )
     busy = bool(before["busy"] or during["busy"])
-    try:
-        import pytorch_lightning as pl
-
-        pl_version = pl.__version__
-    except ImportError:  # pragma: no cover
-        pl_version = None
+    import pytorch_lightning as pl
     result: dict[str, Any] = {
         "schema": 1,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -818,7 +666,7 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         "impl": cfg.impl or "configs (conf/norm)",
         "machine": {**machine_info(cfg.device), "matmul_gflops": matmul["gflops"], "matmul_n": matmul["n"]},
         "torch": torch.__version__,
-        "lightning": pl_version,
+        "lightning": pl.__version__,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "machine_busy": busy,
@@ -840,7 +688,8 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         "elapsed_s": time.perf_counter() - t_start,
         "method": {
             "interleaving": "round-robin over the compared variants (rotating start), median over rounds of per-round ratios",
-            "train_step": "forward + cross-entropy + backward + AdamW step + zero_grad, fixed random fp32 batch, eager",
+            "train_step": "ClassificationTask without Lightning: forward + its loss + backward + AdamW step over its parameter "
+            "groups (optim of the train config) + zero_grad, fixed random fp32 batch, eager",
             "inference": "eval(), torch.inference_mode(), forward of one batch",
             "lightning_overhead": "start-to-start interval of consecutive training steps (callback on_train_batch_start "
             "vs plain loop after fetching), warm-up steps dropped, medians",
@@ -857,7 +706,10 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
 
 
 def print_report(result: dict[str, Any]) -> None:
-    """The RATIO lines, then a table (rich when installed, else plain text)."""
+    """The RATIO lines, then a table."""
+    from rich.console import Console
+    from rich.table import Table
+
     ratios = list(result["ratios"].values())
     nk = result.get("native_kernels") or {}
     m = result["machine"]
@@ -883,21 +735,12 @@ def print_report(result: dict[str, Any]) -> None:
     title = (f"AutoNorm benchmark ({result['mode']}) on {m.get('gpu') or m['cpu_model']}, {m['cores']} cores, "
              f"{result['threads']} threads, torch {result['torch']}"
              + (" [MACHINE BUSY: unreliable]" if result["machine_busy"] else ""))  # fmt: skip
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=title)
-        for col in ("figure", "value", "target", "result", "note"):
-            table.add_column(col)
-        for row in rows:
-            table.add_row(*row)
-        Console(width=140).print(table)
-    except ImportError:
-        print(title)
-        widths = [max(len(str(row[i])) for row in rows + [("figure", "value", "target", "result", "note")]) for i in range(5)]
-        for row in [("figure", "value", "target", "result", "note")] + rows:
-            print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    table = Table(title=title)
+    for col in ("figure", "value", "target", "result", "note"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    Console(width=140).print(table)
     raw = result["raw"]
     for name, tr in raw["train"].items():
         steps = ", ".join(f"{v} {t * 1000:.1f}" for v, t in tr["median_step_s"].items())

@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, open_dict
 
-import autonorm.resolvers  # noqa: F401
+from autonorm import configs
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "src" / "autonorm" / "conf"
@@ -26,16 +24,12 @@ def make_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     """``make_cfg("norm=dyt", ...)`` -> composed train config writing into ``tmp_path``."""
 
     def _make(*overrides: str, config_name: str = "train", run_dir: Path | None = None) -> DictConfig:
-        GlobalHydra.instance().clear()
         out = run_dir or tmp_path / "run"
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(
-                config_name=config_name,
-                overrides=["debug=fast", f"paths.output_root={tmp_path}", f"paths.data_root={tmp_path / 'data'}", *overrides],
-            )
+        cfg = configs.compose(
+            ["debug=fast", f"paths.output_root={tmp_path}", f"paths.data_root={tmp_path / 'data'}", *overrides], config_name=config_name
+        )
         with open_dict(cfg):
             cfg.paths.output_dir = str(out)
-        GlobalHydra.instance().clear()
         return cfg
 
     return _make

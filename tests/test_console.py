@@ -121,19 +121,14 @@ def test_runs_of_one_sweep_share_a_group() -> None:
 
 
 def test_debug_overfit_and_profiler_configs_compose_and_validate(tmp_path) -> None:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
+    from autonorm import configs
     from autonorm.config import validate
-    from conftest import CONF
 
     for option in ("overfit", "profiler"):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[f"debug={option}", f"paths.output_root={tmp_path}"])
-        GlobalHydra.instance().clear()
+        cfg = configs.compose([f"debug={option}", f"paths.output_root={tmp_path}"])
         with open_dict(cfg):
             cfg.paths.output_dir = str(tmp_path / option)
         validate(cfg)

@@ -216,12 +216,12 @@ def test_download_disabled_and_unwritable_root(tmp_path):
 
 
 def test_full_set_found_in_root_without_download(tmp_path, monkeypatch):
-    import autonorm.data.npz as npz_mod
+    import autonorm.data.download as download_mod
 
     def forbidden(*a, **k):
         raise AssertionError("torchvision must not be used when <root>/<name>.npz exists")
 
-    monkeypatch.setattr(npz_mod, "_torchvision_arrays", forbidden)
+    monkeypatch.setattr(download_mod, "_torchvision_arrays", forbidden)
     write_npz_atomic(tmp_path / "mnist.npz", **make_arrays(n_train=30, n_test=10, hw=28, c=1))
     dm = ImageDataModule("mnist", root=str(tmp_path), batch_size=4, eval_batch_size=8, val_size=6)
     dm.setup()

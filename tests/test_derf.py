@@ -3,12 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-
+from autonorm import configs
 from autonorm.norms import Derf, norm_state
-
-from conftest import CONF
 
 C = 16
 
@@ -67,8 +63,5 @@ def test_derf_rows_compose_validate_and_join_the_table_sweeps(make_cfg, row: str
         cfg.method = None
     assert method_name(cfg) == row  # the file name is the derived name
     for sweep in ("table_mini", "table_full"):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            sweep_cfg = compose(config_name="train", overrides=[f"sweep={sweep}"], return_hydra_config=True)
-        GlobalHydra.instance().clear()
+        sweep_cfg = configs.compose([f"sweep={sweep}"], return_hydra_config=True)
         assert row in sweep_cfg.hydra.sweeper.params.experiment.split(",")

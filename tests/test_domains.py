@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from autonorm.data import domains as D
-from autonorm.data.npz import resolve_dataset, write_npz_atomic
+from autonorm.data import resolve_dataset, write_npz_atomic
 from autonorm.errors import AutoNormError
 from autonorm.pipeline.dg_table import dg_rows, render_dg
 

@@ -11,9 +11,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-import yaml
 from hydra.utils import instantiate
 
+from autonorm import configs
 from autonorm.callbacks.norm_logging import dyt_slopes
 from autonorm.config import method_name
 from autonorm.norms import AFN, AutoNorm, DyT, GumbelGate, deploy_model
@@ -35,7 +35,7 @@ EXPECTED_ROWS = {
 def test_every_norm_has_both_transfer_modes_and_rows_are_the_table():
     assert EXPECTED_ROWS <= set(ROWS)
     for sweep in ("table_mini", "table_full"):
-        listed = yaml.safe_load((CONF / "sweep" / f"{sweep}.yaml").read_text())["hydra"]["sweeper"]["params"]["experiment"]
+        listed = configs.compose([f"sweep={sweep}"], return_hydra_config=True).hydra.sweeper.params.experiment
         assert set(listed.split(",")) == set(ROWS), sweep
 
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from autonorm.cli import train
 from autonorm.phases import build_task, resolve_pretrained
-from autonorm.tasks import DistillTask, TransferTask, kd_loss, model_state, read_checkpoint
+from autonorm.tasks import TransferTask, kd_loss, model_state, read_checkpoint
 
 from conftest import REPO
 

@@ -25,14 +25,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import MissingConfigException
 
+from autonorm import configs
 from autonorm.cli import build_trainer, run_job, train
 from autonorm.data import BatchLoader
 
-from conftest import CONF, REPO
+from conftest import REPO
 
 TESTS = Path(__file__).resolve().parent
 
@@ -349,10 +348,7 @@ def bad_inputs(tmp_path_factory) -> dict[str, Path]:
     paths["empty_root"] = base / "empty_root"
 
     def save_task(name: str, *overrides: str) -> Path:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=list(overrides))
-        GlobalHydra.instance().clear()
+        cfg = configs.compose(overrides)
         task = ClassificationTask(**_task_kwargs(cfg, 10))
         path = base / f"{name}.ckpt"
         torch.save({"state_dict": task.state_dict(), "hyper_parameters": dict(task.hparams), "global_step": 0}, path)
@@ -422,11 +418,8 @@ def test_bad_input_is_one_clear_error(make_cfg, capsys, bad_inputs, overrides, n
 
 @pytest.mark.parametrize("override", ["norm=bogus", "gate=bogus", "transfer=bogus", "data=bogus", "model=bogus", "distill=bogus"])
 def test_unknown_group_option_is_hydras_error_listing_choices(override):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        with pytest.raises(MissingConfigException, match="Available options") as exc:
-            compose(config_name="train", overrides=[override])
-    GlobalHydra.instance().clear()
+    with pytest.raises(MissingConfigException, match="Available options") as exc:
+        configs.compose([override])
     assert override.split("=")[0] in str(exc.value)
 
 

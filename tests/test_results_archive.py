@@ -9,24 +9,19 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
+from autonorm import configs
 from autonorm.pipeline import archive
 
 from conftest import CONF, REPO
 
 
 def _compose(*overrides: str):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
-    GlobalHydra.instance().clear()
-    return cfg
+    return configs.compose(overrides)
 
 
 def _params(sweep: str) -> dict:
-    return yaml.safe_load((CONF / "sweep" / f"{sweep}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    return configs.compose([f"sweep={sweep}"], return_hydra_config=True).hydra.sweeper.params
 
 
 @pytest.mark.parametrize("variant,norm,gate", [("LN", "ln", None), ("DyT", "dyt", None), ("AutoNorm-soft", "autonorm", "soft"), ("AutoNorm-gumbel", "autonorm", "gumbel"), ("AFN-batch", "afn", None), ("AFN-running", "afn", None), ("Derf", "derf", None)])

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import get_class
 
-from conftest import CONF, REPO
+from autonorm import configs
+
+from conftest import REPO
 
 
 def _train(tmp_path: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -45,10 +45,7 @@ def test_joblib_launcher_runs_two_jobs_in_parallel(tmp_path):
 
 @pytest.mark.parametrize("launcher", ["submitit_slurm", "submitit_local"])
 def test_submitit_launcher_configs_compose_and_load(launcher):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"hydra/launcher={launcher}", "sweep=table_mini"], return_hydra_config=True)
-    GlobalHydra.instance().clear()
+    cfg = configs.compose([f"hydra/launcher={launcher}", "sweep=table_mini"], return_hydra_config=True)
     assert get_class(cfg.hydra.launcher._target_).__name__.endswith("Launcher")
     assert "experiment" in cfg.hydra.sweeper.params
 

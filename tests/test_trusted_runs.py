@@ -22,12 +22,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import MissingConfigException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from autonorm import configs
 from autonorm.cli import evaluate_checkpoint, run_job, train
 from autonorm.pipeline import identity as identity_mod
 from autonorm.pipeline.identity import make_identity, unused_overrides
@@ -53,19 +52,14 @@ def _py(script: str, *args: str, env: dict[str, str] | None = None, timeout: int
 
 def _compose_run(*overrides: str, conf: Path = CONF, config_name: str = "train") -> tuple[DictConfig, Path]:
     """The job config and the run folder Hydra would give ``python train.py <overrides>``."""
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-            full = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
-        HydraConfig.instance().set_config(full)
-        run_dir = Path(str(OmegaConf.select(full, "hydra.run.dir")))
-        cfg = OmegaConf.create(OmegaConf.to_container(full, resolve=False))
-        with open_dict(cfg):
-            del cfg["hydra"]
-            cfg.paths.output_dir = str(run_dir)
-        return cfg, run_dir
-    finally:
-        GlobalHydra.instance().clear()
+    full = configs.compose(overrides, config_name=config_name, return_hydra_config=True, config_dir=conf)
+    HydraConfig.instance().set_config(full)
+    run_dir = Path(str(OmegaConf.select(full, "hydra.run.dir")))
+    cfg = OmegaConf.create(OmegaConf.to_container(full, resolve=False))
+    with open_dict(cfg):
+        del cfg["hydra"]
+        cfg.paths.output_dir = str(run_dir)
+    return cfg, run_dir
 
 
 def _user_error(cfg: DictConfig, capsys, job=train) -> str:
@@ -170,11 +164,8 @@ def test_truncated_cache_checkpoint_is_rebuilt_under_the_lock(make_cfg):
     ["experiment=AutoNorm-finetune-KD", "experiment=nonexistent", "debug=fats", "sweep=table_mni", "hparams_search=optuna_nrom"],
 )
 def test_unknown_option_of_any_group_is_hydras_error_with_choices(override):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        with pytest.raises(MissingConfigException, match="Available options") as exc:
-            compose(config_name="train", overrides=[override])
-    GlobalHydra.instance().clear()
+    with pytest.raises(MissingConfigException, match="Available options") as exc:
+        configs.compose([override])
     assert override.split("=")[0] in str(exc.value)
 
 
@@ -379,10 +370,7 @@ def test_eval_py_on_a_run_folder_checkpoint_uses_its_data_set(tmp_path):
 
 
 def _eval_cfg(*overrides: str, tmp_path: Path) -> DictConfig:
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="eval", overrides=["eval=none", f"paths.output_root={tmp_path}", *overrides])
-    GlobalHydra.instance().clear()
+    cfg = configs.compose(["eval=none", f"paths.output_root={tmp_path}", *overrides], config_name="eval")
     with open_dict(cfg):
         cfg.paths.output_dir = str(tmp_path / "evalout")
     return cfg

@@ -13,8 +13,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-import autonorm.resolvers  # noqa: F401,E402  (registers ${run_name:} and the other resolvers before Hydra resolves paths)
-from autonorm import CONF_DIR  # noqa: E402
+from autonorm import CONF_DIR, resolvers  # noqa: E402
+
+resolvers.register()  # ${run_name:} and the others, before Hydra resolves the run's paths
 
 CONFIG_PATH = str(CONF_DIR)
 

@@ -30,8 +30,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from autonorm import console
 from autonorm.callbacks import AtomicCheckpointIO, RunRecord, data_record
 from autonorm.config import AutoNormError, method_name, validate
+from autonorm.configs import load_group
 from autonorm.loggers import build_loggers, finish as finish_loggers
-from autonorm.phases import build_task, load_group, load_reused_phase, reused_phase_config
+from autonorm.phases import build_task, load_reused_phase, reused_phase_config
 from autonorm.pipeline.history import merge_metrics, stash_metrics
 from autonorm.pipeline.identity import make_identity, public_identity, unused_overrides, write_identity
 from autonorm.pipeline.interrupt import SWEEP, RunInterrupted, signals_interrupt

@@ -9,7 +9,7 @@ whose message names the offending key, e.g. ``optim.lr must be > 0 (got -1.0)``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -127,30 +127,18 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+#: The keys of a ``data`` config that :func:`autonorm.data.arguments.check_arguments` checks.
+_DATA_ARGUMENTS = ("name", "batch_size", "eval_batch_size", "val_size", "seed", "crop_padding", "train_subset", "mean", "std", "device")
+
+
 def _check_data(data: DictConfig) -> None:
-    _check(_num(data.batch_size, "data.batch_size") >= 1, "data.batch_size", "must be >= 1", data.batch_size)
-    _check(_num(data.get("eval_batch_size", 1), "data.eval_batch_size") >= 1, "data.eval_batch_size", "must be >= 1", data.get("eval_batch_size"))
-    _check(_num(data.val_size, "data.val_size", float) > 0, "data.val_size", "must be > 0", data.val_size)
-    subset = data.get("train_subset")
-    if subset is not None:
-        _check(_num(subset, "data.train_subset") >= 1, "data.train_subset", "must be null or >= 1", subset)
-    if data.get("crop_padding") is not None:
-        _check(_num(data.crop_padding, "data.crop_padding") >= 0, "data.crop_padding", "must be >= 0", data.crop_padding)
-    for key in ("mean", "std"):
-        value = data.get(key)
-        if value is None:
-            continue
-        values = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else None
-        _check(values is not None and len(values) == 3, f"data.{key}", "must be three numbers, one per channel", value)
-        numbers = [_num(v, f"data.{key}", float) for v in values or []]
-        if key == "std":
-            _check(min(numbers) > 0, "data.std", "must be > 0 for every channel", numbers)
-    device = data.get("device")
-    if device is not None:
-        text = str(device)
-        _check(text in ("cpu", "auto") or text.startswith("cuda"), "data.device", "must be null, auto, cpu or cuda[:i]", device)
-        if text.startswith("cuda"):
-            _check(_cuda_available(), "data.device", "needs a CUDA GPU and none is visible (use data.device=null)", device)
+    from autonorm.data.arguments import DataArgumentError, check_arguments
+
+    _check(_num(data.val_size, "data.val_size", float) > 0, "data.val_size", "must be > 0", data.val_size)  # a run validates
+    try:
+        check_arguments(**{k: data[k] for k in _DATA_ARGUMENTS if k in data})
+    except DataArgumentError as err:
+        raise ConfigError(f"data.{err.key} {err.must} (got {err.value!r})") from None
 
 
 def _trainer_arguments() -> set[str]:

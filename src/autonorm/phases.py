@@ -23,9 +23,10 @@ import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from autonorm import CONF_DIR, console
+from autonorm import console
 from autonorm.callbacks import AtomicCheckpointIO, NonFiniteLossGuard, RunRecord, TemperatureScheduler, data_record
 from autonorm.config import ConfigError
+from autonorm.configs import load_group
 from autonorm.pipeline.cache import PhaseCache, config_key
 from autonorm.pipeline.identity import identity_config, source_hash
 from autonorm.pipeline.runfolder import checkpoint_step
@@ -41,15 +42,6 @@ FIT_STATS = "fit.json"
 
 def _container(node: Any) -> dict[str, Any]:
     return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
-
-
-def load_group(group: str, option: str) -> DictConfig:
-    """One option of a config group, e.g. ``load_group("data", "mnist")``."""
-    path = CONF_DIR / group / f"{option}.yaml"
-    if not path.is_file():
-        choices = sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
-        raise ConfigError(f"{group}={option} is not a known option; choose one of {', '.join(choices)}")
-    return OmegaConf.load(path)
 
 
 def derive(cfg: DictConfig, **groups: Any) -> DictConfig:

@@ -3,10 +3,9 @@ values, DyT alpha and slope, AFN lambdas, ...) and gradient norms."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import torch

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -78,7 +78,7 @@ def make_plots(model: nn.Module, datamodule: Any, run_dir: Path) -> dict[str, Pa
     grads = run_dir / "grad_norms.json"
     if grads.exists():
         plots["grad_heatmap"] = _guard("gradient heatmap", lambda: viz.plot_grad_heatmap(grads, run_dir / "grad_heatmap.png", run=run))
-    x, y = datamodule.test_x[:8], datamodule.test_y[:8]
+    x = datamodule.test_x[:8]
     plots["attention"] = _guard("attention maps", lambda: viz.plot_attention(model, x, datamodule.normalize, run_dir / "attention_rollout.png", run=run))
     if any(hasattr(m, "last_gate") for m in model.modules()):
         xs, ys = datamodule.test_x[:1000], datamodule.test_y[:1000]

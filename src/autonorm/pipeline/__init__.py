@@ -10,10 +10,8 @@ from .io import (
     atomic_write_json,
     atomic_write_text,
     is_completed,
-    is_failed,
     mark_completed,
     mark_failed,
-    read_marker,
 )
 from .table import TablePaths, build_report, collect_runs, write_table
 
@@ -25,8 +23,6 @@ __all__ = [
     "mark_completed",
     "mark_failed",
     "is_completed",
-    "is_failed",
-    "read_marker",
     "config_key",
     "PhaseCache",
     "TablePaths",

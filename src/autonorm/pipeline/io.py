@@ -36,8 +36,6 @@ __all__ = [
     "mark_completed",
     "mark_failed",
     "is_completed",
-    "is_failed",
-    "read_marker",
 ]
 
 
@@ -163,24 +161,3 @@ def mark_failed(run_dir: PathLike, error: str) -> Path:
 def is_completed(run_dir: PathLike) -> bool:
     """True if ``run_dir`` holds a ``COMPLETED`` marker."""
     return (Path(run_dir) / COMPLETED).is_file()
-
-
-def is_failed(run_dir: PathLike) -> bool:
-    """True if ``run_dir`` holds a ``FAILED`` marker and no ``COMPLETED`` marker."""
-    return (Path(run_dir) / FAILED).is_file() and not is_completed(run_dir)
-
-
-def read_marker(run_dir: PathLike, name: str = COMPLETED) -> dict | str | None:
-    """Read a marker: ``COMPLETED`` as a dict (``{}`` if not JSON), ``FAILED`` as text; None if absent."""
-    p = Path(run_dir) / name
-    try:
-        text = p.read_text(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
-        return None
-    if name == FAILED:
-        return text
-    try:
-        obj = json.loads(text) if text.strip() else {}
-    except json.JSONDecodeError:
-        return {}
-    return obj if isinstance(obj, dict) else {}

@@ -146,13 +146,17 @@ class ClassificationTask(pl.LightningModule):
             )
         return out
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        opt = torch.optim.AdamW(
+    def optimizer(self) -> torch.optim.AdamW:
+        """AdamW over :meth:`param_groups` with ``optim.lr``, ``optim.betas`` and ``optim.foreach``."""
+        return torch.optim.AdamW(
             self.param_groups(),
             lr=float(self.optim_cfg["lr"]),
             betas=tuple(self.optim_cfg.get("betas", (0.9, 0.999))),
             foreach=bool(self.optim_cfg.get("foreach", True)),
         )
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = self.optimizer()
         total = int(self.trainer.estimated_stepping_batches)
         epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
         steps_per_epoch = max(1, total // epochs)

@@ -27,7 +27,6 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, TwoSlopeNorm
 from matplotlib.figure import Figure

@@ -8,4 +8,6 @@ __version__ = "0.1.0"
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 # The norms' fast paths and inference forms (autonorm.norms asks for them, never imports them).
-from . import kernels  # noqa: E402,F401
+from . import kernels  # noqa: E402
+
+__all__ = ["CONF_DIR", "__version__", "kernels"]

@@ -87,7 +87,7 @@ def norm_state(model: nn.Module) -> dict[str, float]:
     return state
 
 
-__all__ = sorted(set(_REGISTERED) | {
+__all__ = [
     "AFN",
     "AutoNorm",
     "DEFAULT_IMPL",
@@ -113,4 +113,5 @@ __all__ = sorted(set(_REGISTERED) | {
     "set_temperature",
     "spec_of",
     "temperature_at",
-})
+]
+__all__ += sorted(set(_REGISTERED) - set(__all__))

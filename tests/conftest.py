@@ -50,3 +50,15 @@ def _seed_every_test() -> None:
     import torch
 
     torch.manual_seed(0)
+
+
+def md_row(md: str, label: str) -> dict[str, str]:
+    """The cells of the row ``label`` of a results table in Markdown (header ``| Row | Data ...``)."""
+    header = None
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| Row | Data"):
+            header = cells
+        elif header and cells and cells[0] == label:
+            return dict(zip(header, cells))
+    raise AssertionError(f"no row {label!r} in\n{md}")

@@ -17,6 +17,7 @@ from autonorm.pipeline import collect_runs, write_table
 from autonorm.pipeline.collect import MixedDataError, group_runs
 from autonorm.pipeline.stats import compare_methods, holm, paired_t, summary
 from autonorm.pipeline.table import build_report
+from conftest import md_row
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,17 +49,6 @@ def fake_run(folder: Path, method: str, seed: int, test_acc: float | None, statu
     (folder / "results.json").write_text(json.dumps(res))
     (folder / "COMPLETED").write_text("{}")
     return folder
-
-
-def _row(md: str, label: str) -> dict[str, str]:
-    header = None
-    for line in md.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| Row | Data"):
-            header = cells
-        elif header and cells and cells[0] == label:
-            return dict(zip(header, cells))
-    raise AssertionError(f"no row {label!r} in\n{md}")
 
 
 # ------------------------------------------------------------------------------ statistics
@@ -107,7 +97,7 @@ def test_lr_sweep_with_one_seed_gives_two_rows_not_one_row_over_seeds(tmp_path: 
     rows = group_runs(collect_runs(tmp_path / "sweep"))
     assert sorted(r["label"] for r in rows) == ["LN [optim.lr=0.001]", "LN [optim.lr=0.005]"]
     md = write_table(tmp_path / "sweep", measure_latency=False).md.read_text()
-    row = _row(md, "LN [optim.lr=0.001]")
+    row = md_row(md, "LN [optim.lr=0.001]")
     assert row["Test Acc (%)"] == "40.00 (n=1)" and row["Runs (seeds)"] == "1 (0)"
     assert row["Data"] == "cifar10_mini" and row["Model"] == "vit_micro_conv" and row["Epochs"] == "3"
     assert "not testable (1 paired seed)" in md
@@ -131,7 +121,7 @@ def test_seeds_of_one_config_form_one_row_and_output_paths_do_not_split_it(tmp_p
     assert comp["n"] == 3 and comp["seeds"] == [0, 1, 2]
     assert comp["mean_diff"] == pytest.approx(0.07)
     md = write_table(tmp_path, measure_latency=False).md.read_text()
-    assert _row(md, "DyT-Finetune")["Test Acc (%)"] == "92.00 ± 2.00"
+    assert md_row(md, "DyT-Finetune")["Test Acc (%)"] == "92.00 ± 2.00"
     assert "RuntimeError: loss is NaN \\| step 3" in md
     assert "- **DyT-Finetune**: DyT-Finetune legend" in md
     assert "Which rows beat which" not in md
@@ -147,7 +137,7 @@ def test_stored_identity_is_preferred_and_repeated_seeds_are_flagged(tmp_path: P
     (row,) = build_report(tmp_path)["rows"]
     assert row["stats"]["repeated_seeds"] and row["stats"]["n"] == 2
     md = write_table(tmp_path, measure_latency=False).md.read_text()
-    assert "repeated seed" in _row(md, "LN")["Runs (seeds)"]
+    assert "repeated seed" in md_row(md, "LN")["Runs (seeds)"]
 
 
 def test_data_sets_are_not_mixed_unless_asked(tmp_path: Path) -> None:
@@ -267,8 +257,8 @@ def test_every_row_names_its_code_and_runs_of_different_code_are_not_pooled(tmp_
     assert set(rows) == {"LN [code aaaaaaaa]", "LN [code bbbbbbbb]", "DyT"}
     assert rows["LN [code aaaaaaaa]"]["stats"]["test_acc"]["std"] == 0.0 and not rows["LN [code aaaaaaaa]"]["mixed_code"]
     md = write_table(tmp_path, measure_latency=False).md.read_text()
-    assert _row(md, "LN [code bbbbbbbb]")["Code"] == "bbbbbbbb (git 0123456, dirty)"
-    assert _row(md, "DyT")["Code"] == "aaaaaaaa (git 0123456)"
+    assert md_row(md, "LN [code bbbbbbbb]")["Code"] == "bbbbbbbb (git 0123456, dirty)"
+    assert md_row(md, "DyT")["Code"] == "aaaaaaaa (git 0123456)"
     assert "mixed code" not in md and "separate rows, labelled `code <hash>`" in md
     with open(tmp_path / "summary_results.csv", newline="") as fh:
         assert {ln["Source hash"] for ln in csv.DictReader(fh)} == {"aaaaaaaa11112222", "bbbbbbbb33334444"}
@@ -276,7 +266,7 @@ def test_every_row_names_its_code_and_runs_of_different_code_are_not_pooled(tmp_
     pooled = {r["label"]: r for r in build_report(tmp_path, split_code=False)["rows"]}
     assert pooled["LN"]["mixed_code"] and pooled["LN"]["stats"]["n"] == 4
     md = write_table(tmp_path, measure_latency=False, split_code=False).md.read_text()
-    assert _row(md, "LN")["Code"].startswith("⚠ mixed code: aaaaaaaa") and "Rows marked '⚠ mixed code' (LN)" in md
+    assert md_row(md, "LN")["Code"].startswith("⚠ mixed code: aaaaaaaa") and "Rows marked '⚠ mixed code' (LN)" in md
 
 
 def test_code_of_a_failed_run_comes_from_its_identity_file(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from autonorm.data import resolve_dataset, write_npz_atomic
 from autonorm.errors import AutoNormError
 from autonorm.pipeline.dg_table import dg_rows, render_dg
 
-from conftest import REPO
+from conftest import REPO, md_row
 
 N = 40
 
@@ -175,17 +175,6 @@ def _dg_run(folder, method, seed, test, doms, lr=0.001, src="aaaaaaaa11112222"):
     (folder / "COMPLETED").write_text("{}")
 
 
-def _dg_table_rows(md, label):
-    header = None
-    for line in md.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| Row | Data"):
-            header = cells
-        elif header and cells and cells[0] == label:
-            return dict(zip(header, cells))
-    raise AssertionError(f"no row {label!r} in\n{md}")
-
-
 def test_dg_table_groups_like_the_main_table_and_compares_paired_by_seed(tmp_path):
     from autonorm.pipeline.collect import collect_runs, group_runs
 
@@ -208,11 +197,11 @@ def test_dg_table_groups_like_the_main_table_and_compares_paired_by_seed(tmp_pat
     assert ln["average"]["mean"] == pytest.approx(0.5)  # per run over uci + mnist_m, then over seeds
     assert ln["svhn"] == {"mean": 0.2, "std": None, "n": 1}
     md = render_dg(rows)
-    row = _dg_table_rows(md, "LN [optim.lr=0.001, code aaaaaaaa]")
+    row = md_row(md, "LN [optim.lr=0.001, code aaaaaaaa]")
     assert row["Data"] == "mnist" and row["Model"] == "vit_micro_conv" and row["Epochs"] == "4"
     assert row["Code"] == "aaaaaaaa (git 0123456)" and row["Runs (seeds)"] == "3 (0, 1, 2)"
     assert row["uci_digits (%)"] == "60.00 ± 10.00" and row["svhn (%)"] == "20.00 (n=1)"
-    assert _dg_table_rows(md, "LN [optim.lr=0.01, code aaaaaaaa]")["Target average (%)"] == "10.00 (n=1)"
+    assert md_row(md, "LN [optim.lr=0.01, code aaaaaaaa]")["Target average (%)"] == "10.00 (n=1)"
     assert "Teacher" not in md and "over uci_digits, mnist_m" in md and "no spread" in md
     # paired by seed with Holm over all pairs; only what passes is worded as a finding
     assert "## Paired comparisons of the target average" in md

@@ -99,7 +99,6 @@ def phase_key(phase: str, pcfg: DictConfig, init: Path | None = None) -> tuple[s
 def _cached_phase(cfg: DictConfig, phase: str, pcfg: DictConfig, init: Path | None = None) -> Path:
     key, key_parts = phase_key(phase, pcfg, init)
     cache = PhaseCache(cfg.paths.cache_dir)
-    print(f"[{phase}] cache key {key} ({'hit' if cache.get(phase, key) else 'miss: training it now'})")
     return cache.get_or_create(
         phase, key, lambda tmp: fit_phase(pcfg, Path(tmp), init), meta=key_parts, valid=lambda p: checkpoint_step(p) is not None
     )

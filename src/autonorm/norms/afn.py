@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .impl import DEFAULT_IMPL, check_impl, fast_path
-from .layer_args import channel_affine, place
+from .layer_args import channel_affine, check_dim, place
 from .registry import register_norm
 
 
@@ -123,8 +123,7 @@ class AFN(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        if int(dim) <= 0:
-            raise ValueError(f"dim must be a positive integer, got dim={dim!r}")
+        dim = check_dim(dim)
         if int(reduction) < 1:
             raise ValueError(f"reduction must be >= 1, got reduction={reduction!r}")
         if int(std_reduction) < 1:

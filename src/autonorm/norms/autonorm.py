@@ -11,7 +11,7 @@ from .derf import Derf
 from .dyt import DyT, dynamic_tanh
 from .impl import DEFAULT_IMPL, check_impl, fast_path
 from .gates import GumbelGate, SoftGate
-from .layer_args import place
+from .layer_args import check_dim, place
 from .ln import LayerNorm
 from .registry import register_norm
 
@@ -180,8 +180,7 @@ class AutoNorm(nn.Module):
         dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
-        if int(dim) <= 0:
-            raise ValueError(f"dim must be a positive integer, got dim={dim!r}")
+        dim = check_dim(dim)
         if gate not in GATES:
             raise ValueError(f"gate must be one of {list(GATES)}, got gate={gate!r}")
         if freeze_branch not in FREEZE_BRANCHES:

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .impl import DEFAULT_IMPL, check_impl, fast_path
-from .layer_args import channel_affine, check_eps, place
+from .layer_args import channel_affine, check_dim, check_eps, place
 from .registry import register_norm
 
 
@@ -65,11 +65,9 @@ class DyT(nn.Module):
     ) -> None:
         super().__init__()
         check_eps(eps)  # accepted as a drop-in for a norm layer; DyT has no statistics to guard
-        if int(dim) <= 0:
-            raise ValueError(f"dim must be a positive integer, got dim={dim!r}")
         if not float(alpha_init) > 0:
             raise ValueError(f"alpha_init must be > 0, got alpha_init={alpha_init!r}")
-        self.dim = int(dim)
+        self.dim = check_dim(dim)
         self.alpha_init = float(alpha_init)
         self.alpha = nn.Parameter(torch.full((1,), self.alpha_init))
         channel_affine(self, self.dim, elementwise_affine, bias)

@@ -9,13 +9,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from autonorm.norms import set_impl
+
 
 def with_impl(module: nn.Module, impl: str) -> nn.Module:
-    """A deep copy of ``module`` with ``impl`` set on it and its inner norms (same parameters)."""
+    """A deep copy of ``module`` (same parameter values) whose norms compute with ``impl``."""
     other = copy.deepcopy(module)
-    for m in other.modules():
-        if hasattr(m, "impl"):
-            m.impl = impl
+    assert set_impl(other, impl) > 0, f"{type(module).__name__} holds no norm with an impl"
     return other
 
 

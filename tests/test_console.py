@@ -32,6 +32,7 @@ def test_a_run_prints_one_line_per_epoch_and_a_summary_without_noise(make_cfg, c
     assert re.search(r"test acc\s+\d+\.\d\d %", out)
     assert re.search(r"FLOPs / sample\s+—", out)  # eval.profile=false: not measured
     assert "results.json" in out and "checkpoints/best.ckpt" in out
+    assert (run / ".lock").exists() and ".lock" not in out  # the folder's lock is bookkeeping, not a result
     messages = [str(w.message) for w in caught]
     assert not [m for m in messages if "exists and is not empty" in m or "LeafSpec" in m], messages
     assert "Tip:" not in out

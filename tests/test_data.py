@@ -449,3 +449,19 @@ def test_real_mnist_from_shared_root():
     assert d["y_train"][:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
     assert np.bincount(d["y_train"]).tolist()[:3] == [5923, 6742, 5958]
     assert to_served_format(d["x_test"][:4]).shape == (4, 3, 32, 32)
+
+
+def test_data_configs_take_their_normalisation_from_dataset_stats() -> None:
+    """``conf/data/*.yaml`` ask ``${data_stats:...}`` for mean and std: one home for the constants."""
+    from autonorm.configs import load_group
+    from autonorm.data.npz import DATASET_NAMES
+    from omegaconf import OmegaConf
+
+    for name in DATASET_NAMES:
+        node = load_group("data", name)
+        assert OmegaConf.to_container(node)["mean"] == f"${{data_stats:{name},mean}}"
+        resolved = OmegaConf.to_container(OmegaConf.create({"d": node}), resolve=False)["d"]
+        got = OmegaConf.to_container(OmegaConf.create({"mean": resolved["mean"], "std": resolved["std"]}), resolve=True)
+        assert got == {k: list(DATASET_STATS[name][k]) for k in ("mean", "std")}
+    with pytest.raises(Exception, match="data_stats takes one of"):
+        OmegaConf.to_container(OmegaConf.create({"m": "${data_stats:svhn,mean}"}), resolve=True)

@@ -536,3 +536,19 @@ def test_fast_paths_are_registered_for_the_fast_impls_only() -> None:
     assert all(set(routes) <= {"auto", "fused", "compiled"} for routes in FAST_PATHS.values())
     with pytest.raises(ValueError, match="fast paths are for impl in"):
         register_fast_path("dyt", eager=lambda x: x)
+
+
+def test_set_impl_switches_every_norm_of_a_model_and_keeps_its_output() -> None:
+    from autonorm.norms import set_impl
+
+    torch.manual_seed(0)
+    model = nn.Sequential(NORMS["dyt"](8), nn.Linear(8, 8), NORMS["autonorm"](8), NORMS["ln"](8))
+    x = torch.randn(2, 5, 8)
+    ref = model(x)
+    with_impl = [m for m in model.modules() if hasattr(m, "impl")]
+    assert model[0] in with_impl and model[2] in with_impl and model[3] not in with_impl
+    assert set_impl(model, "eager") == len(with_impl)
+    assert {m.impl for m in with_impl} == {"eager"}
+    torch.testing.assert_close(model(x), ref)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        set_impl(model, "fast")

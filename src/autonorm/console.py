@@ -216,11 +216,12 @@ def summary_rows(results: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def written_files(run_dir: Path, skip: Iterable[str] = (".hydra", "wandb")) -> list[str]:
-    """Files in the run folder, relative to it (Hydra's and W&B's internals left out)."""
+    """Files in the run folder, relative to it (Hydra's and W&B's internals and hidden
+    bookkeeping such as the folder's ``.lock`` left out)."""
     skip = set(skip)
     return sorted(
-        str(p.relative_to(run_dir)) for p in Path(run_dir).rglob("*")
-        if p.is_file() and p.relative_to(run_dir).parts[0] not in skip
+        str(rel) for rel in (p.relative_to(run_dir) for p in Path(run_dir).rglob("*") if p.is_file())
+        if rel.parts[0] not in skip and not any(part.startswith(".") for part in rel.parts)
     )
 
 

@@ -24,7 +24,7 @@ from .afn import AFN
 from .autonorm import FREEZE_BRANCHES, GATES, AutoNorm
 from .deploy import deploy_model
 from .dyt import DyT
-from .impl import DEFAULT_IMPL, IMPLS, eager_formulas
+from .impl import DEFAULT_IMPL, IMPLS, eager_formulas, set_impl
 from .gates import GumbelGate, SoftGate
 from .ln import LayerNorm
 from .registry import NORM_REGISTRY, NORMS, NormSpec, get_norm, is_norm, norm_names, register_norm, spec_of
@@ -110,6 +110,7 @@ __all__ = [
     "norm_names",
     "norm_state",
     "register_norm",
+    "set_impl",
     "set_temperature",
     "spec_of",
     "temperature_at",

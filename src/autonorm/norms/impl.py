@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Iterator, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 IMPLS: tuple[str, ...] = ("auto", "eager", "compiled", "fused")
 #: The ``impl`` of every norm unless told otherwise (the configs in ``conf/norm`` use it too).
@@ -74,6 +77,16 @@ def fast_path(op: str, impl: str) -> Optional[Callable]:
     return FAST_PATHS.get(op, {}).get(impl)
 
 
+def set_impl(model: "torch.nn.Module", impl: str) -> int:
+    """Set ``impl`` on every norm inside ``model`` (``model`` included; deployed forms too) and
+    return how many; e.g. ``set_impl(model, "eager")`` to read or debug a model's arithmetic."""
+    check_impl(impl)
+    norms = [m for m in model.modules() if isinstance(getattr(m, "impl", None), str) and m.impl in IMPLS]
+    for m in norms:
+        m.impl = impl
+    return len(norms)
+
+
 @contextlib.contextmanager
 def eager_formulas() -> Iterator[None]:
     """Inside the block every norm computes its eager formula, whatever its ``impl``."""
@@ -84,4 +97,4 @@ def eager_formulas() -> Iterator[None]:
         _state["eager"] -= 1
 
 
-__all__ = ["DEFAULT_IMPL", "FAST_PATHS", "IMPLS", "check_impl", "eager_formulas", "fast_path", "register_fast_path"]
+__all__ = ["DEFAULT_IMPL", "FAST_PATHS", "IMPLS", "check_impl", "eager_formulas", "fast_path", "register_fast_path", "set_impl"]

@@ -5,7 +5,7 @@ Usage::
 
     python scripts/bench.py [--quick] [--out outputs/bench/bench.json] [--models vit_micro,vit_tiny]
                             [--device cpu|cuda] [--precision 32-true|bf16-mixed] [--compile]
-                            [--impl auto|fused|eager|compiled]
+                            [--impl auto|fused|eager|compiled] [--bf16-speedup]
 
 Defaults: CPU, float32, eager modules, the norms' ``impl`` from ``conf/norm`` (``auto``).
 ``--precision bf16-mixed`` runs training steps and inference under ``torch.autocast`` (bfloat16)
@@ -49,6 +49,10 @@ Figures (each printed as ``RATIO <name> <value> (target <= <x>)`` or ``(target >
    step / step time) divided by the GFLOP/s of a 2048x2048 @ 2048x2048 matmul in the run's
    precision (float32, or bfloat16 with ``--precision bf16-mixed``), target >= 0.60. Both count
    2 FLOPs per multiply-add (the project's one convention, ``autonorm.eval.profile.FLOP_CONVENTION``).
+6. ``bf16_speedup/<model>/<norm>`` (only with ``--bf16-speedup``, which measures nothing else):
+   each norm's training step in float32 and under bfloat16 autocast, all interleaved in one
+   round-robin; float32 step time / bf16-mixed step time (above 1: bf16 is faster here).
+   Informational: whether to train in bf16 also needs its accuracy checked over seeds.
 
 Before measuring, the script samples the machine's CPU use by other processes for ~1 s
 (``/proc/stat`` minus this process) and reads ``/proc/loadavg``; it repeats the accounting over
@@ -387,6 +391,25 @@ def measure_training(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
         out["train_gflops"][v] = median(rates) / 1e9
         out["throughput_vs_matmul"][v] = median([r / m for r, m in zip(rates, mm_rates)])
     return out
+
+
+def measure_bf16_speedup(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
+    """Does ``trainer.precision=bf16-mixed`` pay on this machine? Every training variant's step in
+    float32 and under bfloat16 autocast, all interleaved in one round-robin; the figure per variant
+    is the median over rounds of (float32 step time / bfloat16 step time): above 1, bf16 is faster."""
+    x, y = _batch(spec.train_batch, cfg.img_size, cfg.num_classes, device=cfg.device)
+    units: dict[str, Callable[[], Any]] = {}
+    for v in cfg.train_variants:
+        for precision in PRECISIONS:
+            units[f"{v}@{precision}"] = _train_step_fn(build_task(spec, v, cfg), x, y, precision)
+    times = round_robin(units, spec.rounds, spec.steps_per_round, spec.warmup)
+    return {
+        "batch": spec.train_batch,
+        "rounds": spec.rounds,
+        "median_step_s": {k: all_median(ts) for k, ts in times.items()},
+        "speedup": {v: ratio_of_rounds(times[f"{v}@32-true"], times[f"{v}@bf16-mixed"]) for v in cfg.train_variants},
+        "times": times,
+    }
 
 
 def measure_inference(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
@@ -767,6 +790,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS), help="bf16-mixed: torch.autocast to bfloat16")
     parser.add_argument("--compile", action="store_true", help="wrap every model in torch.compile (compiled during warm-up)")
     parser.add_argument("--impl", default=None, choices=["auto", "fused", "eager", "compiled"], help="force one norm implementation")
+    parser.add_argument("--bf16-speedup", action="store_true", help="only figure 6: each norm's training step in float32 vs bf16-mixed, interleaved")
     parser.add_argument("--variants", default=None, help=f"comma-separated norm variants (default all: {','.join(TRAIN_VARIANTS)}; ln is always run)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -785,8 +809,32 @@ def main(argv: Optional[list[str]] = None) -> int:
             return 2
         cfg.train_variants = tuple(v for v in TRAIN_VARIANTS if v in wanted)
         cfg.infer_variants = tuple(v for v in INFER_VARIANTS if v in wanted)
+    if args.bf16_speedup:
+        return bf16_speedup_report(cfg, Path(args.out))
     result = run_benchmark(cfg, Path(args.out))
     print_report(result)
+    return 0
+
+
+def bf16_speedup_report(cfg: BenchConfig, out: Path) -> int:
+    """``--bf16-speedup``: figure 6 for every model of ``cfg``, printed with the machine and
+    written to ``out`` (JSON)."""
+    before = check_idle(cfg.idle_sample_s)
+    if before["busy"]:
+        print(f"WARNING: machine busy (other processes use {_fmt(before['other_cpu_cores'])} cores); figures are unreliable", flush=True)
+    result: dict[str, Any] = {"machine": machine_info(cfg.device), "matmul": measure_matmul(cfg), "bf16_speedup": {}, "machine_busy_before": before["busy"]}
+    print(f"machine: {result['machine'].get('cpu_model')} ({' '.join(result['machine']['cpu_isa'])}); matmul fp32 {result['matmul']['gflops']['fp32']:.0f}, "
+          f"bf16 {result['matmul']['gflops']['bf16']:.0f} GFLOP/s", flush=True)  # fmt: skip
+    for spec in cfg.models:
+        _log(f"float32 vs bf16-mixed training steps: {spec.name} (batch {spec.train_batch}, {spec.rounds} rounds)")
+        res = measure_bf16_speedup(spec, cfg)
+        result["bf16_speedup"][spec.name] = res
+        for v, s in res["speedup"].items():
+            print(f"RATIO bf16_speedup/{spec.name}/{v} {s:.3f} (float32 step / bf16-mixed step; informational)", flush=True)
+    after = check_idle(cfg.idle_sample_s)
+    result["machine_busy_after"] = after["busy"]
+    atomic_write_json(out, result)
+    print(f"written: {out}", flush=True)
     return 0
 
 

@@ -122,6 +122,18 @@ def test_round_robin_and_idle_check(bench):
     assert isinstance(idle["busy"], bool)
 
 
+def test_bf16_speedup_times_both_precisions_of_each_norm_interleaved(bench, tmp_path):
+    cfg = _tiny_config(bench)
+    cfg.train_variants = ("ln", "autonorm_soft")
+    res = bench.measure_bf16_speedup(cfg.models[0], cfg)
+    assert set(res["times"]) == {"ln@32-true", "ln@bf16-mixed", "autonorm_soft@32-true", "autonorm_soft@bf16-mixed"}
+    assert all(len(r) == cfg.models[0].rounds for r in res["times"].values())
+    assert set(res["speedup"]) == {"ln", "autonorm_soft"} and all(s > 0 for s in res["speedup"].values())
+    out = tmp_path / "bf16.json"
+    assert bench.bf16_speedup_report(cfg, out) == 0
+    assert set(json.loads(out.read_text())["bf16_speedup"][cfg.models[0].name]["speedup"]) == {"ln", "autonorm_soft"}
+
+
 def test_bf16_mixed_training_step_and_matmul_reference(bench):
     """``--precision bf16-mixed``: the step runs under autocast and throughput is compared with a
     bfloat16 matmul."""

@@ -105,7 +105,7 @@ from autonorm.pipeline.io import atomic_write_json  # noqa: E402
 DEFAULT_OUT = REPO / "outputs" / "bench" / "bench.json"
 
 #: Training batch per model (other models: 256).
-TRAIN_BATCH = {"vit_micro": 128, "vit_tiny": 256}
+TRAIN_BATCH = {"vit_micro": 128, "vit_micro_conv": 128, "vit_tiny": 256}
 #: Norm variants: (norm config, gate config or None).
 VARIANTS: dict[str, tuple[str, Optional[str]]] = {
     "ln": ("ln", None),

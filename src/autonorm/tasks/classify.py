@@ -81,7 +81,8 @@ class ClassificationTask(pl.LightningModule):
             object.__setattr__(self, "_compiled", torch.compile(self.model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self._compiled or self.model)(x)
+        # not `self._compiled or self.model`: a compiled module's truth test raises (it has a __len__)
+        return (self.model if self._compiled is None else self._compiled)(x)
 
     def classification_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, y, label_smoothing=float(self.optim_cfg.get("label_smoothing", 0.0)))

@@ -49,9 +49,10 @@ Figures (each printed as ``RATIO <name> <value> (target <= <x>)`` or ``(target >
    step / step time) divided by the GFLOP/s of a 2048x2048 @ 2048x2048 matmul in the run's
    precision (float32, or bfloat16 with ``--precision bf16-mixed``), target >= 0.60. Both count
    2 FLOPs per multiply-add (the project's one convention, ``autonorm.eval.profile.FLOP_CONVENTION``).
-6. ``bf16_speedup/<model>/<norm>`` (only with ``--bf16-speedup``, which measures nothing else):
-   each norm's training step in float32 and under bfloat16 autocast, all interleaved in one
-   round-robin; float32 step time / bf16-mixed step time (above 1: bf16 is faster here).
+6. ``speedup/<model>/<setting>/<norm>`` (only with ``--bf16-speedup``, which measures nothing
+   else): each norm's training step in float32 and under bfloat16 autocast (with ``--compile``
+   also both under ``torch.compile``), all interleaved in one round-robin; float32 eager step
+   time / the setting's step time (above 1: faster than the float32 eager step).
    Informational: whether to train in bf16 also needs its accuracy checked over seeds.
 
 Before measuring, the script samples the machine's CPU use by other processes for ~1 s
@@ -394,20 +395,25 @@ def measure_training(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
 
 
 def measure_bf16_speedup(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
-    """Does ``trainer.precision=bf16-mixed`` pay on this machine? Every training variant's step in
-    float32 and under bfloat16 autocast, all interleaved in one round-robin; the figure per variant
-    is the median over rounds of (float32 step time / bfloat16 step time): above 1, bf16 is faster."""
+    """Does ``trainer.precision=bf16-mixed`` (with ``--compile``: and ``torch.compile``) pay on this
+    machine? Every training variant's step in float32 and under bfloat16 autocast (with
+    ``cfg.compile`` also both compiled), all interleaved in one round-robin. ``speedup[setting][v]``
+    is the median over rounds of (eager float32 step time / the setting's step time): above 1,
+    faster than today's float32 eager step."""
     x, y = _batch(spec.train_batch, cfg.img_size, cfg.num_classes, device=cfg.device)
+    settings = [(p, False) for p in PRECISIONS] + ([(p, True) for p in PRECISIONS] if cfg.compile else [])
     units: dict[str, Callable[[], Any]] = {}
     for v in cfg.train_variants:
-        for precision in PRECISIONS:
-            units[f"{v}@{precision}"] = _train_step_fn(build_task(spec, v, cfg), x, y, precision)
+        for precision, compiled in settings:
+            task = build_task(spec, v, replace(cfg, compile=compiled))
+            units[f"{v}@{precision}{'+compile' if compiled else ''}"] = _train_step_fn(task, x, y, precision)
     times = round_robin(units, spec.rounds, spec.steps_per_round, spec.warmup)
+    names = [f"{p}{'+compile' if c else ''}" for p, c in settings]
     return {
         "batch": spec.train_batch,
         "rounds": spec.rounds,
         "median_step_s": {k: all_median(ts) for k, ts in times.items()},
-        "speedup": {v: ratio_of_rounds(times[f"{v}@32-true"], times[f"{v}@bf16-mixed"]) for v in cfg.train_variants},
+        "speedup": {s: {v: ratio_of_rounds(times[f"{v}@32-true"], times[f"{v}@{s}"]) for v in cfg.train_variants} for s in names[1:]},
         "times": times,
     }
 
@@ -829,8 +835,9 @@ def bf16_speedup_report(cfg: BenchConfig, out: Path) -> int:
         _log(f"float32 vs bf16-mixed training steps: {spec.name} (batch {spec.train_batch}, {spec.rounds} rounds)")
         res = measure_bf16_speedup(spec, cfg)
         result["bf16_speedup"][spec.name] = res
-        for v, s in res["speedup"].items():
-            print(f"RATIO bf16_speedup/{spec.name}/{v} {s:.3f} (float32 step / bf16-mixed step; informational)", flush=True)
+        for setting, per_variant in res["speedup"].items():
+            for v, s in per_variant.items():
+                print(f"RATIO speedup/{spec.name}/{setting}/{v} {s:.3f} (float32 eager step / {setting} step; informational)", flush=True)
     after = check_idle(cfg.idle_sample_s)
     result["machine_busy_after"] = after["busy"]
     atomic_write_json(out, result)

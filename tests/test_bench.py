@@ -128,10 +128,11 @@ def test_bf16_speedup_times_both_precisions_of_each_norm_interleaved(bench, tmp_
     res = bench.measure_bf16_speedup(cfg.models[0], cfg)
     assert set(res["times"]) == {"ln@32-true", "ln@bf16-mixed", "autonorm_soft@32-true", "autonorm_soft@bf16-mixed"}
     assert all(len(r) == cfg.models[0].rounds for r in res["times"].values())
-    assert set(res["speedup"]) == {"ln", "autonorm_soft"} and all(s > 0 for s in res["speedup"].values())
+    assert set(res["speedup"]) == {"bf16-mixed"}
+    assert set(res["speedup"]["bf16-mixed"]) == {"ln", "autonorm_soft"} and all(s > 0 for s in res["speedup"]["bf16-mixed"].values())
     out = tmp_path / "bf16.json"
     assert bench.bf16_speedup_report(cfg, out) == 0
-    assert set(json.loads(out.read_text())["bf16_speedup"][cfg.models[0].name]["speedup"]) == {"ln", "autonorm_soft"}
+    assert set(json.loads(out.read_text())["bf16_speedup"][cfg.models[0].name]["speedup"]["bf16-mixed"]) == {"ln", "autonorm_soft"}
 
 
 def test_bf16_mixed_training_step_and_matmul_reference(bench):

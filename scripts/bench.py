@@ -614,9 +614,8 @@ def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[str], None] = _log) -> dict[str, Any]:
-    """Run every measurement of ``cfg``, write the JSON to ``out`` (atomically) and return it."""
-    t_start = time.perf_counter()
+def idle_before(cfg: BenchConfig) -> dict[str, Any]:
+    """The idleness check before measuring; a busy machine gets a WARNING line (figures still made)."""
     before = check_idle(cfg.idle_sample_s)
     if before["busy"]:
         print(
@@ -624,6 +623,13 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
             f"loadavg {before['loadavg']}); figures are unreliable",
             flush=True,
         )
+    return before
+
+
+def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[str], None] = _log) -> dict[str, Any]:
+    """Run every measurement of ``cfg``, write the JSON to ``out`` (atomically) and return it."""
+    t_start = time.perf_counter()
+    before = idle_before(cfg)
     counters = cpu_counters()
     log(f"matmul rates on {cfg.device} (n={cfg.matmul_n}, float32 and bfloat16)")
     matmul = measure_matmul(cfg)
@@ -798,7 +804,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--precision", default="32-true", choices=list(PRECISIONS), help="bf16-mixed: torch.autocast to bfloat16")
     parser.add_argument("--compile", action="store_true", help="wrap every model in torch.compile (compiled during warm-up)")
     parser.add_argument("--impl", default=None, choices=["auto", "fused", "eager", "compiled"], help="force one norm implementation")
-    parser.add_argument("--bf16-speedup", action="store_true", help="only figure 6: each norm's training step in float32 vs bf16-mixed, interleaved")
+    parser.add_argument("--bf16-speedup", action="store_true", help="only figure 6: each norm's training step in float32 vs bf16-mixed (with --compile: also both compiled), interleaved")
     parser.add_argument("--variants", default=None, help=f"comma-separated norm variants (default all: {','.join(TRAIN_VARIANTS)}; ln is always run)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -827,9 +833,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def bf16_speedup_report(cfg: BenchConfig, out: Path) -> int:
     """``--bf16-speedup``: figure 6 for every model of ``cfg``, printed with the machine and
     written to ``out`` (JSON)."""
-    before = check_idle(cfg.idle_sample_s)
-    if before["busy"]:
-        print(f"WARNING: machine busy (other processes use {_fmt(before['other_cpu_cores'])} cores); figures are unreliable", flush=True)
+    before = idle_before(cfg)
     result: dict[str, Any] = {"machine": machine_info(cfg.device), "matmul": measure_matmul(cfg), "bf16_speedup": {}, "machine_busy_before": before["busy"]}
     print(f"machine: {result['machine'].get('cpu_model')} ({' '.join(result['machine']['cpu_isa'])}); matmul fp32 {result['matmul']['gflops']['fp32']:.0f}, "
           f"bf16 {result['matmul']['gflops']['bf16']:.0f} GFLOP/s", flush=True)  # fmt: skip

@@ -225,3 +225,16 @@ def test_seed_readme_claims_are_labelled_as_not_reproduced(tmp_path):
     md = results_doc.reference_section("seed-readme")
     assert "claimed, not reproduced" in md and "| AutoNorm-Finetune | 86.1 |" in md and "| FrozenLN | 74.5 |" in md
     assert results_doc.replace_section("", "x", "body") == "<!-- results:x -->\nbody\n<!-- /results:x -->\n"
+
+
+@pytest.mark.parametrize("sweep", ["table_mini", "table_recipe"])
+def test_table_sweeps_run_every_row_at_one_seed_before_the_next(tmp_path, sweep):
+    """A table sweep stopped half-way leaves whole seeds: the expanded job order is seed-major."""
+    cfg = configs.compose([f"sweep={sweep}"], return_hydra_config=True)
+    multirun = tmp_path / "multirun.yaml"
+    params = {str(k): str(v) for k, v in cfg.hydra.sweeper.params.items()}
+    multirun.write_text(yaml.safe_dump({"hydra": {"sweeper": {"params": params}, "overrides": {"task": [f"sweep={sweep}"]}}}, sort_keys=False))
+    jobs = archive.expected_jobs(multirun)
+    seeds = [int(next(o.split("=")[1] for o in job if o.startswith("seed="))) for job in jobs]
+    rows = len(cfg.hydra.sweeper.params.experiment.split(","))
+    assert len(jobs) == 3 * rows and seeds == sorted(seeds) == [s for s in (0, 1, 2) for _ in range(rows)]

@@ -55,6 +55,13 @@ Figures (each printed as ``RATIO <name> <value> (target <= <x>)`` or ``(target >
    also both under ``torch.compile``), all interleaved in one round-robin; float32 eager step
    time / the setting's step time (above 1: faster than the float32 eager step).
    Informational: whether to train in bf16 also needs its accuracy checked over seeds.
+7. ``auto_vs_best/<train_step|inference_deployed>/<model>/<norm>`` (CPU, float32, eager modules,
+   the configs' ``impl``; ``--paths`` measures only these): each norm's training step and deployed
+   forward with ``impl=auto`` and with every path forced (``kernels``: ``impl=fused`` with the
+   C++ kernels; ``torch``: ``impl=fused`` inside ``autonorm.kernels.native.turned_off()``, the
+   torch-op kernels; ``eager``: the eager formula), all interleaved in one round-robin; the median
+   over rounds of (auto's time / the fastest forced path's time in that round). Target <= 1.05:
+   ``auto`` as fast as the best path it chooses among, within the noise of one run.
 
 Before measuring, the script samples the machine's CPU use by other processes for ~1 s
 (``/proc/stat`` minus this process) and reads ``/proc/loadavg``; it repeats the accounting over
@@ -125,6 +132,10 @@ INFER_TARGETS = {"dyt": 1.00, "autonorm_gumbel": 1.05, "autonorm_soft": 1.15}
 LIGHTNING_TARGET = 1.03
 DATA_PATH_TARGET = 10.0
 MATMUL_TARGET = 0.60
+#: impl=auto vs the fastest forced path, in one interleaved run (the margin is the noise of one run).
+AUTO_TARGET = 1.05
+#: Forced paths that impl=auto is compared with: name -> (impl, inside native.turned_off()).
+FORCED_PATHS: dict[str, tuple[str, bool]] = {"kernels": ("fused", False), "torch": ("fused", True), "eager": ("eager", False)}
 
 
 # ----------------------------------------------------------------------------------- configuration
@@ -169,6 +180,7 @@ class BenchConfig:
     idle_sample_s: float = 1.0
     train_variants: tuple[str, ...] = TRAIN_VARIANTS
     infer_variants: tuple[str, ...] = INFER_VARIANTS
+    paths: bool = True  # figure 7 (auto vs every forced path), where it applies (see paths_apply)
 
 
 def load_model_cfg(name: str) -> dict[str, Any]:
@@ -420,6 +432,81 @@ def measure_bf16_speedup(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     }
 
 
+def paths_apply(cfg: BenchConfig) -> bool:
+    """Figure 7 needs the configs' ``impl`` (auto) and the CPU float32 eager modules it chooses for."""
+    return cfg.paths and cfg.impl in (None, "auto") and cfg.device == "cpu" and cfg.precision == "32-true" and not cfg.compile
+
+
+def forced_paths() -> list[str]:
+    """The forced paths to compare ``auto`` with here (``kernels`` only when the C++ kernels load)."""
+    return [p for p in FORCED_PATHS if p != "kernels" or native_status()["available"]]
+
+
+def _on_path(path: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` run on ``path``: inside ``native.turned_off()`` for the torch-op path."""
+    if not FORCED_PATHS.get(path, ("", False))[1]:
+        return fn
+    from autonorm.kernels import native
+
+    def run() -> Any:
+        with native.turned_off():
+            return fn()
+
+    return run
+
+
+def auto_vs_best(times: dict[str, list[list[float]]], variant: str, paths: Sequence[str]) -> dict[str, Any]:
+    """``{"ratio": median over rounds of auto / fastest forced path, "fastest": {path: rounds it was
+    fastest}}`` from the round-robin ``times`` keyed ``<variant>@<path>``."""
+    auto = per_round_medians(times[f"{variant}@auto"])
+    forced = {p: per_round_medians(times[f"{variant}@{p}"]) for p in paths}
+    best = [min(forced, key=lambda p: forced[p][r]) for r in range(len(auto))]
+    return {
+        "ratio": median([a / forced[b][r] for r, (a, b) in enumerate(zip(auto, best))]),
+        "fastest": {p: best.count(p) for p in paths},
+        "ratio_to_auto": {p: ratio_of_rounds(times[f"{variant}@{p}"], times[f"{variant}@auto"]) for p in paths},
+    }
+
+
+def measure_paths(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
+    """Figure 7: every norm's training step (batch ``spec.train_batch``) and deployed forward (batch
+    ``cfg.infer_batch``) with ``impl=auto`` and on every forced path, interleaved; LN has no
+    paths and is not run."""
+    from autonorm.norms import set_impl
+
+    paths = forced_paths()
+    x, y = _batch(spec.train_batch, cfg.img_size, cfg.num_classes, device=cfg.device)
+    train_units: dict[str, Callable[[], Any]] = {}
+    variants = [v for v in cfg.train_variants if v != "ln"]
+    for v in variants:
+        for p in ["auto", *paths]:
+            task = build_task(spec, v, replace(cfg, impl=FORCED_PATHS.get(p, ("auto",))[0]))
+            train_units[f"{v}@{p}"] = _on_path(p, _train_step_fn(task, x, y, cfg.precision))
+    train = round_robin(train_units, spec.rounds, spec.steps_per_round, spec.warmup)
+    del train_units
+    gc.collect()
+    xi, _ = _batch(cfg.infer_batch, cfg.img_size, cfg.num_classes, seed=1, device=cfg.device)
+    infer_units: dict[str, Callable[[], Any]] = {}
+    deployed = []
+    for v in (v for v in cfg.infer_variants if v != "ln"):
+        model = build(spec, v, cfg.num_classes, None, cfg.device)
+        if not has_deploy(model):
+            continue
+        deployed.append(v)
+        for p in ["auto", *paths]:
+            m = deployed_copy(model)
+            set_impl(m, FORCED_PATHS.get(p, ("auto",))[0])
+            infer_units[f"{v}@{p}"] = _on_path(p, _infer_fn(m, xi, cfg.precision))
+    infer = round_robin(infer_units, cfg.infer_rounds, cfg.infer_iters_per_round, cfg.infer_warmup) if infer_units else {}
+    return {
+        "paths": paths,
+        "train_step": {v: auto_vs_best(train, v, paths) for v in variants},
+        "inference_deployed": {v: auto_vs_best(infer, v, paths) for v in deployed},
+        "median_s": {"train_step": {k: all_median(t) for k, t in train.items()}, "inference_deployed": {k: all_median(t) for k, t in infer.items()}},
+        "times": {"train_step": train, "inference_deployed": infer},
+    }
+
+
 def measure_inference(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     """Eval-mode forward times (inference_mode, batch ``cfg.infer_batch``) of every variant,
     plus the ``deploy()``-ed copies where the model has that method."""
@@ -662,6 +749,15 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
                 ratios.append(make_ratio(f"inference/{spec.name}/{v}", inf["ratio_to_ln"][v], INFER_TARGETS.get(v, 1.00),
                                          note="deploy() not available"))  # fmt: skip
 
+        if paths_apply(cfg):
+            log(f"impl=auto vs every forced path: {spec.name}")
+            pa = measure_paths(spec, cfg)
+            raw.setdefault("paths", {})[spec.name] = pa
+            for fig in ("train_step", "inference_deployed"):
+                for v, res in pa[fig].items():
+                    ratios.append(make_ratio(f"auto_vs_best/{fig}/{spec.name}/{v}", res["ratio"], AUTO_TARGET,
+                                             note="auto / fastest of " + ", ".join(pa["paths"])))  # fmt: skip
+
     if cfg.device == "cpu" and cfg.precision == "32-true" and not cfg.compile:
         lt_spec = cfg.lightning_model or cfg.models[0]
         log(f"lightning overhead: {lt_spec.name} ({cfg.lightning_rounds} rounds x {cfg.lightning_steps} steps)")
@@ -734,6 +830,8 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
             "throughput_vs_matmul": "3 x forward FLOPs x batch / step time over 2n^3 / matmul time "
             "(n x n, float32, or bfloat16 under bf16-mixed)",
             "precision": "bf16-mixed: torch.autocast(bfloat16) around forward and loss; 32-true: float32",
+            "auto_vs_best": "impl=auto and each forced path (kernels: impl=fused; torch: impl=fused inside "
+            "native.turned_off(); eager) of the same norm interleaved; median over rounds of auto / that round's fastest",
         },
     }
     if out is not None:
@@ -805,6 +903,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--compile", action="store_true", help="wrap every model in torch.compile (compiled during warm-up)")
     parser.add_argument("--impl", default=None, choices=["auto", "fused", "eager", "compiled"], help="force one norm implementation")
     parser.add_argument("--bf16-speedup", action="store_true", help="only figure 6: each norm's training step in float32 vs bf16-mixed (with --compile: also both compiled), interleaved")
+    parser.add_argument("--paths", action="store_true", help="only figure 7: impl=auto vs every forced path (kernels, torch ops, eager), interleaved")
     parser.add_argument("--variants", default=None, help=f"comma-separated norm variants (default all: {','.join(TRAIN_VARIANTS)}; ln is always run)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -825,6 +924,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg.infer_variants = tuple(v for v in INFER_VARIANTS if v in wanted)
     if args.bf16_speedup:
         return bf16_speedup_report(cfg, Path(args.out))
+    if args.paths:
+        if not paths_apply(cfg):
+            print("bench: --paths compares impl=auto with the forced paths on CPU float32 eager modules "
+                  "(no --impl, --device cuda, --precision or --compile)", file=sys.stderr)  # fmt: skip
+            return 2
+        return paths_report(cfg, Path(args.out))
     result = run_benchmark(cfg, Path(args.out))
     print_report(result)
     return 0
@@ -846,6 +951,35 @@ def bf16_speedup_report(cfg: BenchConfig, out: Path) -> int:
                 print(f"RATIO speedup/{spec.name}/{setting}/{v} {s:.3f} (float32 eager step / {setting} step; informational)", flush=True)
     after = check_idle(cfg.idle_sample_s)
     result["machine_busy_after"] = after["busy"]
+    atomic_write_json(out, result)
+    print(f"written: {out}", flush=True)
+    return 0
+
+
+def paths_report(cfg: BenchConfig, out: Path) -> int:
+    """``--paths``: figure 7 for every model of ``cfg``, printed with the machine and written to
+    ``out`` (JSON)."""
+    before = idle_before(cfg)
+    counters = cpu_counters()
+    result: dict[str, Any] = {"machine": machine_info(cfg.device), "threads": torch.get_num_threads(), "native_kernels": native_status(),
+                              "paths": {}, "ratios": {}}  # fmt: skip
+    print(f"machine: {result['machine'].get('cpu_model')} ({' '.join(result['machine']['cpu_isa'])}), {result['threads']} threads; "
+          f"C++ kernels: {'available' if result['native_kernels']['available'] else 'not used'}", flush=True)  # fmt: skip
+    for spec in cfg.models:
+        _log(f"impl=auto vs every forced path: {spec.name} (batch {spec.train_batch} training, {cfg.infer_batch} deployed inference)")
+        pa = measure_paths(spec, cfg)
+        result["paths"][spec.name] = pa
+        for fig in ("train_step", "inference_deployed"):
+            for v, res in pa[fig].items():
+                r = make_ratio(f"auto_vs_best/{fig}/{spec.name}/{v}", res["ratio"], AUTO_TARGET, note="auto / fastest of " + ", ".join(pa["paths"]))
+                result["ratios"][r["name"]] = r
+                others = ", ".join(f"{p} {x:.2f}" for p, x in res["ratio_to_auto"].items())
+                print(f"{format_ratio_line(r)}  [forced path / auto: {others}]", flush=True)
+    during = other_cores(counters, cpu_counters())
+    result["auto_choices"] = auto_choices()
+    result["machine_busy"] = bool(before["busy"] or (during is not None and during >= BUSY_OTHER_CORES))
+    if result["machine_busy"]:
+        print("WARNING: the machine was busy; figures are unreliable", flush=True)
     atomic_write_json(out, result)
     print(f"written: {out}", flush=True)
     return 0

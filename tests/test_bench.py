@@ -59,6 +59,7 @@ def test_tiny_benchmark_json_and_ratio_lines(bench, tmp_path, capsys):
     prefix = "inference_deployed" if data["deploy_available"] else "inference"
     expected |= {f"{prefix}/tiny_test/{v}" for v in ("dyt", "autonorm_soft", "autonorm_gumbel")}
     expected |= {"lightning_overhead", "data_path"}
+    expected |= {f"auto_vs_best/train_step/tiny_test/{v}" for v in ("dyt", "autonorm_soft", "autonorm_gumbel", "afn")}
     expected |= {f"throughput_vs_matmul/tiny_test/{v}" for v in ("ln", "dyt", "autonorm_soft", "autonorm_gumbel", "afn")}
     assert expected <= set(data["ratios"])
     for name, r in data["ratios"].items():
@@ -157,3 +158,42 @@ def test_flops_follow_two_per_multiply_add(bench):
 
     layer = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5, bias=False))
     assert bench.flops_per_sample(layer, img_size=4)["flops"] == 2 * 48 * 5
+
+
+def test_auto_vs_best_divides_by_the_fastest_forced_path_of_each_round(bench):
+    times = {
+        "dyt@auto": [[1.0, 1.2], [2.0]],
+        "dyt@kernels": [[0.5], [4.0]],  # fastest in round 0
+        "dyt@torch": [[2.0], [1.0]],  # fastest in round 1
+    }
+    res = bench.auto_vs_best(times, "dyt", ["kernels", "torch"])
+    assert res["fastest"] == {"kernels": 1, "torch": 1}
+    assert res["ratio"] == pytest.approx((1.1 / 0.5 + 2.0 / 1.0) / 2)  # median of two rounds = their mean
+    assert res["ratio_to_auto"]["kernels"] == pytest.approx((0.5 / 1.1 + 4.0 / 2.0) / 2)
+
+
+def test_paths_figure_times_auto_and_every_forced_path_in_one_round_robin(bench, tmp_path, monkeypatch):
+    from autonorm.kernels import native
+
+    cfg = _tiny_config(bench)
+    cfg.train_variants, cfg.infer_variants = ("ln", "dyt", "autonorm_gumbel"), ("ln", "dyt", "autonorm_gumbel")
+    assert bench.paths_apply(cfg) and not bench.paths_apply(bench.replace(cfg, impl="fused"))
+    # the torch-op path really runs with the C++ kernels turned off, the others with them on
+    seen = []
+    real = bench._on_path
+    monkeypatch.setattr(bench, "_on_path", lambda p, fn: real(p, lambda: (seen.append((p, native.usable(torch.ones(2)) is None)), fn())))
+    res = bench.measure_paths(cfg.models[0], cfg)
+    paths = ["kernels", "torch", "eager"] if native.status()["available"] else ["torch", "eager"]
+    assert res["paths"] == paths
+    assert set(res["times"]["train_step"]) == {f"{v}@{p}" for v in ("dyt", "autonorm_gumbel") for p in ["auto", *paths]}
+    assert set(res["train_step"]) == {"dyt", "autonorm_gumbel"} and set(res["inference_deployed"]) <= {"dyt", "autonorm_gumbel"}
+    assert all(len(r) == cfg.models[0].rounds for r in res["times"]["train_step"].values())
+    assert all(r["ratio"] > 0 and sum(r["fastest"].values()) == cfg.models[0].rounds for r in res["train_step"].values())
+    assert {off for p, off in seen if p == "torch"} == {True}
+    if native.status()["available"]:
+        assert {off for p, off in seen if p == "kernels"} == {False}
+    out = tmp_path / "paths.json"
+    assert bench.paths_report(cfg, out) == 0
+    data = json.loads(out.read_text())
+    assert {f"auto_vs_best/train_step/tiny_test/{v}" for v in ("dyt", "autonorm_gumbel")} <= set(data["ratios"])
+    assert all(r["target"] == pytest.approx(1.05) for r in data["ratios"].values()) and "cpu_model" in data["machine"]

@@ -33,8 +33,8 @@ Figures (each printed as ``RATIO <name> <value> (target <= <x>)`` or ``(target >
 1. ``train_step/<model>/<norm>``: time of one training step of the project's
    ``ClassificationTask`` without Lightning (forward, its loss, backward, AdamW step over its
    parameter groups with the train config's ``optim``, zero_grad) on a fixed random batch (vit_micro: 128, vit_tiny: 256 images of
-   32x32), divided by the same for LayerNorm. Targets: DyT <= 1.00, AutoNorm soft/gumbel <= 1.05,
-   AFN <= 1.10.
+   32x32), divided by the same for LayerNorm. Targets on vit_tiny (:data:`TRAIN_TARGET_MODELS`):
+   DyT <= 1.00, AutoNorm soft/gumbel <= 1.05, AFN <= 1.10; informational on other models.
 2. ``inference/<model>/<norm>``: eval-mode forward under ``torch.inference_mode`` of a batch of
    256, divided by LayerNorm's. If the model has a ``deploy()`` method, the deployed copy is also
    measured (``inference_deployed/<model>/<norm>``; targets: DyT <= 1.00, hard-gated AutoNorm
@@ -68,7 +68,7 @@ Before measuring, the script samples the machine's CPU use by other processes fo
 the whole run. Other processes using >= 0.25 cores (before, or on average during the run) make the
 machine "busy": a ``WARNING`` line and ``"machine_busy": true`` in the JSON; the figures are still
 produced. (The load average is recorded, but lags by a minute, so it decides only where
-``/proc/stat`` is unreadable.) ``--quick`` (< 2 min on 2 cores): vit_micro only, 3-4 rounds,
+``/proc/stat`` is unreadable.) ``--quick`` (< 2 min on 2 cores): vit_micro only, no figure 7, 3-4 rounds,
 fewer repetitions and shorter Lightning runs; the same figures otherwise.
 
 The script sets ``OMP_WAIT_POLICY=passive`` (unless already set) before importing torch and uses
@@ -126,6 +126,9 @@ VARIANTS: dict[str, tuple[str, Optional[str]]] = {
 TRAIN_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel", "afn")
 INFER_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel")
 TRAIN_TARGETS = {"dyt": 1.00, "autonorm_soft": 1.05, "autonorm_gumbel": 1.05, "afn": 1.10}
+#: The models the training-step targets are set for; on others the ratio is informational (their
+#: target is auto_vs_best: no norm slower than the best of its paths).
+TRAIN_TARGET_MODELS = ("vit_tiny",)
 PRECISIONS = ("32-true", "bf16-mixed")
 #: Deployed inference vs LN: a soft AutoNorm computes both branches, a hard-gated one picks one per sample.
 INFER_TARGETS = {"dyt": 1.00, "autonorm_gumbel": 1.05, "autonorm_soft": 1.15}
@@ -225,7 +228,7 @@ def default_config(quick: bool = False, models: Optional[Sequence[str]] = None) 
     if quick:
         return BenchConfig(
             models=specs, mode="quick", infer_rounds=3, infer_iters_per_round=2, infer_warmup=1,
-            lightning_model=micro, lightning_steps=14, lightning_skip=3, lightning_rounds=3,
+            lightning_model=micro, lightning_steps=14, lightning_skip=3, lightning_rounds=3, paths=False,
             data_model=micro, data_batches_per_pass=10, data_rounds=3, data_train_steps_per_round=1,
         )  # fmt: skip
     return BenchConfig(models=specs, mode="full", lightning_model=micro, data_model=micro)
@@ -731,7 +734,9 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         raw["train"][spec.name] = tr
         flops_sources.update(tr["flops_source"].values())
         for v, val in tr["ratio_to_ln"].items():
-            ratios.append(make_ratio(f"train_step/{spec.name}/{v}", val, TRAIN_TARGETS.get(v, 1.10)))
+            targeted = spec.name in TRAIN_TARGET_MODELS
+            ratios.append(make_ratio(f"train_step/{spec.name}/{v}", val, TRAIN_TARGETS.get(v, 1.10), informational=not targeted,
+                                     note="" if targeted else f"informational: the targets are set for {', '.join(TRAIN_TARGET_MODELS)}"))  # fmt: skip
         log(f"inference: {spec.name} (batch {cfg.infer_batch})")
         inf = measure_inference(spec, cfg)
         raw["inference"][spec.name] = inf

@@ -14,7 +14,9 @@ sweep's ``multirun.yaml``), the seeds and the wall time (first job start to last
 
 A committed archive (``docs/results/<table>/``, written by ``scripts/collect_results.py collect``)
 works as well: the section then opens with the archive's coverage (which expected jobs are
-missing); latency is measured only when the run folders keep checkpoints (an archive does not). ``--reference`` adds
+missing); latency is measured only when the run folders keep checkpoints (an archive does not),
+or with ``--checkpoints SWEEP_DIR``: the sweep folder the archive was collected from, whose run
+folders (same relative paths, the same ``identity.json``) still hold their checkpoints. ``--reference`` adds
 published figures beside ours, labelled as such (:data:`REFERENCES`). ``--section NAME`` replaces
 the text between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in ``--out`` (added at
 the end when absent), so one page holds several generated sections.
@@ -121,12 +123,37 @@ def replace_section(page: str, name: str, text: str) -> str:
     return page.rstrip("\n") + ("\n\n" if page.strip() else "") + block + "\n"
 
 
+def rows_with_checkpoints(rows: list[dict], archive_dir: Path, sweep_dir: Path) -> tuple[list[dict], dict[str, str]]:
+    """``rows`` with each completed run pointed at its twin under ``sweep_dir`` (the same path
+    relative to ``archive_dir``, the same ``identity.json``), which keeps its checkpoints; runs
+    without such a twin are left out, named in the returned ``{run folder: reason}``."""
+    out, missing = [], {}
+    for row in rows:
+        runs = []
+        for r in row["runs"]:
+            if r["status"] != "completed":
+                continue
+            rel = Path(r["run_dir"]).resolve().relative_to(archive_dir.resolve())
+            twin = sweep_dir / rel
+            mine, theirs = Path(r["run_dir"]) / "identity.json", twin / "identity.json"
+            if not (twin / "checkpoints").is_dir():
+                missing[str(rel)] = "no checkpoints there"
+            elif not (mine.is_file() and theirs.is_file() and mine.read_bytes() == theirs.read_bytes()):
+                missing[str(rel)] = "another run there (identity.json differs)"
+            else:
+                runs.append({**r, "run_dir": str(twin), "results": {**r["results"], "best_checkpoint": None}})
+        out.append({**row, "runs": runs})
+    return out, missing
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep", type=Path)
     ap.add_argument("--title", default="Baseline table")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--no-latency", action="store_true", help="do not measure the rows' latency and throughput")
+    ap.add_argument("--checkpoints", type=Path, default=None,
+                    help="the sweep folder an archive was collected from: measure latency on its runs' checkpoints")
     ap.add_argument("--threads", type=int, default=None, help="torch threads of the latency measurement")
     ap.add_argument("--reference", choices=sorted(REFERENCES), action="append", default=[],
                     help="published figures to show beside ours, labelled (repeatable)")
@@ -135,11 +162,21 @@ def main() -> int:
     if not args.sweep.is_dir():
         print(f"sweep folder not found: {args.sweep}", file=sys.stderr)
         return 1
+    if args.checkpoints is not None and not args.checkpoints.is_dir():
+        print(f"--checkpoints: folder not found: {args.checkpoints}", file=sys.stderr)
+        return 1
     is_archive = (args.sweep / archive.EXPECTED_NAME).is_file()
     report = build_report(args.sweep, measure=False)
     runs = report["runs"]
     has_checkpoints = any((Path(r["run_dir"]) / "checkpoints").is_dir() for r in runs)
-    if has_checkpoints and not args.no_latency:
+    missing: dict[str, str] = {}
+    if args.checkpoints is not None and not args.no_latency:
+        rows, missing = rows_with_checkpoints(report["rows"], args.sweep, args.checkpoints)
+        for rel, why in sorted(missing.items()):
+            print(f"no checkpoint for {rel}: {why}", file=sys.stderr)
+        report["latency"] = measure_rows(rows, threads=args.threads)
+        has_checkpoints = True
+    elif has_checkpoints and not args.no_latency:
         report["latency"] = measure_rows(report["rows"], threads=args.threads)
     seeds = sorted({r["seed"] for r in runs if r["seed"] is not None})
     body = render_markdown(report).split("\n", 1)[1].strip()
@@ -157,8 +194,11 @@ def main() -> int:
         f"- Source: `{args.sweep}` (rebuild with `python scripts/results_doc.py {args.sweep} ...`"
         + (f" or `python scripts/collect_results.py table {args.sweep}`)." if is_archive else f" or `python -m autonorm.compare {args.sweep}`)."),
     ]
-    if not has_checkpoints:
-        text.append("- Latency and throughput: not measured (the run folders keep no checkpoints, as in an archive).")
+    if not has_checkpoints or args.no_latency:
+        text.append("- Latency and throughput: not measured" + (" (`--no-latency`)." if args.no_latency else " (the run folders keep no checkpoints, as in an archive)."))
+    elif args.checkpoints is not None:
+        text.append(f"- Latency and throughput: every row's model measured together now (interleaved rounds), from the checkpoints of the runs in `{args.checkpoints}`"
+                    + (f"; {len(missing)} run(s) had none there." if missing else "."))
     text += ["", body.replace("\n## ", "\n### "), ""]
     text += [reference_section(name) for name in args.reference]
     page = "\n".join(text)

@@ -238,3 +238,31 @@ def test_table_sweeps_run_every_row_at_one_seed_before_the_next(tmp_path, sweep)
     seeds = [int(next(o.split("=")[1] for o in job if o.startswith("seed="))) for job in jobs]
     rows = len(cfg.hydra.sweeper.params.experiment.split(","))
     assert len(jobs) == 3 * rows and seeds == sorted(seeds) == [s for s in (0, 1, 2) for _ in range(rows)]
+
+
+def test_results_doc_finds_an_archived_runs_checkpoints_in_the_sweep_it_came_from(tmp_path):
+    """``--checkpoints``: each archived run is measured on its twin in the sweep folder only when
+    that twin has checkpoints and the same identity."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import results_doc
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    arch, sweep = tmp_path / "archive", tmp_path / "sweep"
+    runs = []
+    for name, twin in (("same", "same"), ("other", "other identity"), ("bare", "no checkpoints")):
+        (arch / name).mkdir(parents=True)
+        (arch / name / "identity.json").write_text(json.dumps({"name": name}))
+        (sweep / name).mkdir(parents=True)
+        (sweep / name / "identity.json").write_text(json.dumps({"name": name if twin != "other identity" else "x"}))
+        if twin != "no checkpoints":
+            (sweep / name / "checkpoints").mkdir()
+        runs.append({"status": "completed", "run_dir": str(arch / name), "results": {"best_checkpoint": "/elsewhere/best.ckpt"}})
+    runs.append({"status": "failed", "run_dir": str(arch / "failed"), "results": {}})
+    rows, missing = results_doc.rows_with_checkpoints([{"key": "k", "label": "A", "runs": runs}], arch, sweep)
+    assert [r["run_dir"] for r in rows[0]["runs"]] == [str(sweep / "same")]
+    assert rows[0]["runs"][0]["results"]["best_checkpoint"] is None  # the twin's own checkpoints folder is used
+    assert missing == {"other": "another run there (identity.json differs)", "bare": "no checkpoints there"}
+    proc = subprocess.run([sys.executable, "scripts/results_doc.py", str(arch), "--out", str(tmp_path / "r.md"), "--checkpoints", str(tmp_path / "nowhere")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "--checkpoints: folder not found" in proc.stderr

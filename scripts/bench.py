@@ -122,6 +122,7 @@ VARIANTS: dict[str, tuple[str, Optional[str]]] = {
     "autonorm_soft": ("autonorm", "soft"),
     "autonorm_gumbel": ("autonorm", "gumbel"),
     "afn": ("afn", None),
+    "derf": ("derf", None),  # no target and no fast paths: opt-in (--variants derf), informational
 }
 TRAIN_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel", "afn")
 INFER_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel")
@@ -480,18 +481,18 @@ def measure_paths(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     paths = forced_paths()
     x, y = _batch(spec.train_batch, cfg.img_size, cfg.num_classes, device=cfg.device)
     train_units: dict[str, Callable[[], Any]] = {}
-    variants = [v for v in cfg.train_variants if v != "ln"]
+    variants = [v for v in cfg.train_variants if "impl" in norm_cfg(v)]  # LN and Derf have one path
     for v in variants:
         for p in ["auto", *paths]:
             task = build_task(spec, v, replace(cfg, impl=FORCED_PATHS.get(p, ("auto",))[0]))
             train_units[f"{v}@{p}"] = _on_path(p, _train_step_fn(task, x, y, cfg.precision))
-    train = round_robin(train_units, spec.rounds, spec.steps_per_round, spec.warmup)
+    train = round_robin(train_units, spec.rounds, spec.steps_per_round, spec.warmup) if train_units else {}
     del train_units
     gc.collect()
     xi, _ = _batch(cfg.infer_batch, cfg.img_size, cfg.num_classes, seed=1, device=cfg.device)
     infer_units: dict[str, Callable[[], Any]] = {}
     deployed = []
-    for v in (v for v in cfg.infer_variants if v != "ln"):
+    for v in (v for v in cfg.infer_variants if "impl" in norm_cfg(v)):
         model = build(spec, v, cfg.num_classes, None, cfg.device)
         if not has_deploy(model):
             continue
@@ -734,9 +735,10 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         raw["train"][spec.name] = tr
         flops_sources.update(tr["flops_source"].values())
         for v, val in tr["ratio_to_ln"].items():
-            targeted = spec.name in TRAIN_TARGET_MODELS
-            ratios.append(make_ratio(f"train_step/{spec.name}/{v}", val, TRAIN_TARGETS.get(v, 1.10), informational=not targeted,
-                                     note="" if targeted else f"informational: the targets are set for {', '.join(TRAIN_TARGET_MODELS)}"))  # fmt: skip
+            targeted = spec.name in TRAIN_TARGET_MODELS and v in TRAIN_TARGETS
+            why = f"the targets are set for {', '.join(TRAIN_TARGET_MODELS)}" if v in TRAIN_TARGETS else "no target for this norm"
+            ratios.append(make_ratio(f"train_step/{spec.name}/{v}", val, TRAIN_TARGETS.get(v, 1.00), informational=not targeted,
+                                     note="" if targeted else f"informational: {why}"))  # fmt: skip
         log(f"inference: {spec.name} (batch {cfg.infer_batch})")
         inf = measure_inference(spec, cfg)
         raw["inference"][spec.name] = inf
@@ -749,10 +751,11 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
                     ratios.append(make_ratio(f"inference/{spec.name}/{v}", inf["ratio_to_ln"][v], INFER_TARGETS.get(v, 1.00),
                                              note="undeployed (informational)", informational=True))  # fmt: skip
                 ratios.append(make_ratio(f"inference_deployed/{spec.name}/{v}", inf["ratio_to_ln"][f"{v}+deploy"],
-                                         INFER_TARGETS.get(v, 1.00), note="deploy()"))  # fmt: skip
+                                         INFER_TARGETS.get(v, 1.00), note="deploy()" + ("" if v in INFER_TARGETS else ", no target for this norm"),
+                                         informational=v not in INFER_TARGETS))  # fmt: skip
             else:
                 ratios.append(make_ratio(f"inference/{spec.name}/{v}", inf["ratio_to_ln"][v], INFER_TARGETS.get(v, 1.00),
-                                         note="deploy() not available"))  # fmt: skip
+                                         note="deploy() not available", informational=v not in INFER_TARGETS))  # fmt: skip
 
         if paths_apply(cfg):
             log(f"impl=auto vs every forced path: {spec.name}")
@@ -909,7 +912,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--impl", default=None, choices=["auto", "fused", "eager", "compiled"], help="force one norm implementation")
     parser.add_argument("--bf16-speedup", action="store_true", help="only figure 6: each norm's training step in float32 vs bf16-mixed (with --compile: also both compiled), interleaved")
     parser.add_argument("--paths", action="store_true", help="only figure 7: impl=auto vs every forced path (kernels, torch ops, eager), interleaved")
-    parser.add_argument("--variants", default=None, help=f"comma-separated norm variants (default all: {','.join(TRAIN_VARIANTS)}; ln is always run)")
+    parser.add_argument("--variants", default=None, help=f"comma-separated norm variants (default: {','.join(TRAIN_VARIANTS)}; also derf; ln is always run)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("bench: --device cuda, but torch sees no CUDA GPU", file=sys.stderr)
@@ -925,8 +928,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if unknown:
             print(f"bench: unknown --variants {sorted(unknown)}; known: {sorted(VARIANTS)}", file=sys.stderr)
             return 2
-        cfg.train_variants = tuple(v for v in TRAIN_VARIANTS if v in wanted)
-        cfg.infer_variants = tuple(v for v in INFER_VARIANTS if v in wanted)
+        cfg.train_variants = tuple(v for v in VARIANTS if v in wanted and (v in TRAIN_VARIANTS or v not in INFER_VARIANTS))
+        cfg.infer_variants = tuple(v for v in VARIANTS if v in wanted and (v in INFER_VARIANTS or v not in TRAIN_VARIANTS))
     if args.bf16_speedup:
         return bf16_speedup_report(cfg, Path(args.out))
     if args.paths:

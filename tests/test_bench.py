@@ -197,3 +197,14 @@ def test_paths_figure_times_auto_and_every_forced_path_in_one_round_robin(bench,
     data = json.loads(out.read_text())
     assert {f"auto_vs_best/train_step/tiny_test/{v}" for v in ("dyt", "autonorm_gumbel")} <= set(data["ratios"])
     assert all(r["target"] == pytest.approx(1.05) for r in data["ratios"].values()) and "cpu_model" in data["machine"]
+
+
+def test_derf_is_measured_on_request_as_an_informational_figure(bench, tmp_path):
+    cfg = _tiny_config(bench)
+    cfg.train_variants, cfg.infer_variants = ("ln", "derf"), ("ln", "derf")
+    data = bench.run_benchmark(cfg, out=tmp_path / "b.json", log=lambda msg: None)
+    derf = {k: r for k, r in data["ratios"].items() if k.endswith("/derf")}
+    assert "train_step/tiny_test/derf" in derf and any(k.startswith("inference") for k in derf)
+    assert all(r["informational"] for k, r in derf.items() if not k.startswith("throughput"))
+    assert "no target" in derf["train_step/tiny_test/derf"]["note"]
+    assert not any(k.startswith("auto_vs_best") for k in data["ratios"])  # one path only: nothing to choose

@@ -472,6 +472,13 @@ def auto_vs_best(times: dict[str, list[list[float]]], variant: str, paths: Seque
     }
 
 
+def path_ratios(model: str, pa: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """The figure-7 ratios of one model's :func:`measure_paths` result, each with its raw entry."""
+    note = "auto / fastest of " + ", ".join(pa["paths"])
+    return [(make_ratio(f"auto_vs_best/{fig}/{model}/{v}", res["ratio"], AUTO_TARGET, note=note), res)
+            for fig in ("train_step", "inference_deployed") for v, res in pa[fig].items()]  # fmt: skip
+
+
 def measure_paths(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     """Figure 7: every norm's training step (batch ``spec.train_batch``) and deployed forward (batch
     ``cfg.infer_batch``) with ``impl=auto`` and on every forced path, interleaved; LN has no
@@ -761,10 +768,7 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
             log(f"impl=auto vs every forced path: {spec.name}")
             pa = measure_paths(spec, cfg)
             raw.setdefault("paths", {})[spec.name] = pa
-            for fig in ("train_step", "inference_deployed"):
-                for v, res in pa[fig].items():
-                    ratios.append(make_ratio(f"auto_vs_best/{fig}/{spec.name}/{v}", res["ratio"], AUTO_TARGET,
-                                             note="auto / fastest of " + ", ".join(pa["paths"])))  # fmt: skip
+            ratios += [r for r, _ in path_ratios(spec.name, pa)]
 
     if cfg.device == "cpu" and cfg.precision == "32-true" and not cfg.compile:
         lt_spec = cfg.lightning_model or cfg.models[0]
@@ -977,12 +981,10 @@ def paths_report(cfg: BenchConfig, out: Path) -> int:
         _log(f"impl=auto vs every forced path: {spec.name} (batch {spec.train_batch} training, {cfg.infer_batch} deployed inference)")
         pa = measure_paths(spec, cfg)
         result["paths"][spec.name] = pa
-        for fig in ("train_step", "inference_deployed"):
-            for v, res in pa[fig].items():
-                r = make_ratio(f"auto_vs_best/{fig}/{spec.name}/{v}", res["ratio"], AUTO_TARGET, note="auto / fastest of " + ", ".join(pa["paths"]))
-                result["ratios"][r["name"]] = r
-                others = ", ".join(f"{p} {x:.2f}" for p, x in res["ratio_to_auto"].items())
-                print(f"{format_ratio_line(r)}  [forced path / auto: {others}]", flush=True)
+        for r, res in path_ratios(spec.name, pa):
+            result["ratios"][r["name"]] = r
+            others = ", ".join(f"{p} {x:.2f}" for p, x in res["ratio_to_auto"].items())
+            print(f"{format_ratio_line(r)}  [forced path / auto: {others}]", flush=True)
     during = other_cores(counters, cpu_counters())
     result["auto_choices"] = auto_choices()
     result["machine_busy"] = bool(before["busy"] or (during is not None and during >= BUSY_OTHER_CORES))

@@ -122,9 +122,11 @@ VARIANTS: dict[str, tuple[str, Optional[str]]] = {
     "autonorm_soft": ("autonorm", "soft"),
     "autonorm_gumbel": ("autonorm", "gumbel"),
     "afn": ("afn", None),
-    "derf": ("derf", None),  # no target and no fast paths: opt-in (--variants derf), informational
+    "derf": ("derf", None),  # no target and no fast paths: OPT_IN_VARIANTS, informational
 }
 TRAIN_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel", "afn")
+#: Variants run only on request (--variants), in training and inference.
+OPT_IN_VARIANTS = ("derf",)
 INFER_VARIANTS = ("ln", "dyt", "autonorm_soft", "autonorm_gumbel")
 TRAIN_TARGETS = {"dyt": 1.00, "autonorm_soft": 1.05, "autonorm_gumbel": 1.05, "afn": 1.10}
 #: The models the training-step targets are set for; on others the ratio is informational (their
@@ -140,6 +142,8 @@ MATMUL_TARGET = 0.60
 AUTO_TARGET = 1.05
 #: Forced paths that impl=auto is compared with: name -> (impl, inside native.turned_off()).
 FORCED_PATHS: dict[str, tuple[str, bool]] = {"kernels": ("fused", False), "torch": ("fused", True), "eager": ("eager", False)}
+#: Every path figure 7 times: auto and the forced ones.
+PATHS: dict[str, tuple[str, bool]] = {"auto": ("auto", False), **FORCED_PATHS}
 
 
 # ----------------------------------------------------------------------------------- configuration
@@ -448,7 +452,7 @@ def forced_paths() -> list[str]:
 
 def _on_path(path: str, fn: Callable[[], Any]) -> Callable[[], Any]:
     """``fn`` run on ``path``: inside ``native.turned_off()`` for the torch-op path."""
-    if not FORCED_PATHS.get(path, ("", False))[1]:
+    if not PATHS[path][1]:
         return fn
     from autonorm.kernels import native
 
@@ -488,10 +492,11 @@ def measure_paths(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     paths = forced_paths()
     x, y = _batch(spec.train_batch, cfg.img_size, cfg.num_classes, device=cfg.device)
     train_units: dict[str, Callable[[], Any]] = {}
-    variants = [v for v in cfg.train_variants if "impl" in norm_cfg(v)]  # LN and Derf have one path
+    several = {v for v in {*cfg.train_variants, *cfg.infer_variants} if "impl" in norm_cfg(v)}  # LN and Derf have one path
+    variants = [v for v in cfg.train_variants if v in several]
     for v in variants:
         for p in ["auto", *paths]:
-            task = build_task(spec, v, replace(cfg, impl=FORCED_PATHS.get(p, ("auto",))[0]))
+            task = build_task(spec, v, replace(cfg, impl=PATHS[p][0]))
             train_units[f"{v}@{p}"] = _on_path(p, _train_step_fn(task, x, y, cfg.precision))
     train = round_robin(train_units, spec.rounds, spec.steps_per_round, spec.warmup) if train_units else {}
     del train_units
@@ -499,14 +504,14 @@ def measure_paths(spec: ModelSpec, cfg: BenchConfig) -> dict[str, Any]:
     xi, _ = _batch(cfg.infer_batch, cfg.img_size, cfg.num_classes, seed=1, device=cfg.device)
     infer_units: dict[str, Callable[[], Any]] = {}
     deployed = []
-    for v in (v for v in cfg.infer_variants if "impl" in norm_cfg(v)):
+    for v in (v for v in cfg.infer_variants if v in several):
         model = build(spec, v, cfg.num_classes, None, cfg.device)
         if not has_deploy(model):
             continue
         deployed.append(v)
         for p in ["auto", *paths]:
             m = deployed_copy(model)
-            set_impl(m, FORCED_PATHS.get(p, ("auto",))[0])
+            set_impl(m, PATHS[p][0])
             infer_units[f"{v}@{p}"] = _on_path(p, _infer_fn(m, xi, cfg.precision))
     infer = round_robin(infer_units, cfg.infer_rounds, cfg.infer_iters_per_round, cfg.infer_warmup) if infer_units else {}
     return {
@@ -724,6 +729,20 @@ def idle_before(cfg: BenchConfig) -> dict[str, Any]:
     return before
 
 
+def idle_during(counters: Any) -> dict[str, Any]:
+    """Other processes' CPU use since ``counters`` (``cpu_counters()`` taken before measuring); a
+    busy machine gets a WARNING line."""
+    during = {"other_cpu_cores": other_cores(counters, cpu_counters()), "loadavg": loadavg()}
+    during["busy"] = bool(during["other_cpu_cores"] is not None and during["other_cpu_cores"] >= BUSY_OTHER_CORES)
+    if during["busy"]:
+        print(
+            f"WARNING: other processes used {during['other_cpu_cores']:.2f} cores on average during the benchmark; "
+            "figures are unreliable",
+            flush=True,
+        )
+    return during
+
+
 def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[str], None] = _log) -> dict[str, Any]:
     """Run every measurement of ``cfg``, write the JSON to ``out`` (atomically) and return it."""
     t_start = time.perf_counter()
@@ -791,14 +810,7 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
             ratios.append(make_ratio(f"throughput_vs_matmul/{spec.name}/{v}", tr["throughput_vs_matmul"][v], MATMUL_TARGET,
                                      op=">=", note=note))  # fmt: skip
 
-    during = {"other_cpu_cores": other_cores(counters, cpu_counters()), "loadavg": loadavg()}
-    during["busy"] = bool(during["other_cpu_cores"] is not None and during["other_cpu_cores"] >= BUSY_OTHER_CORES)
-    if during["busy"]:
-        print(
-            f"WARNING: other processes used {during['other_cpu_cores']:.2f} cores on average during the benchmark; "
-            "figures are unreliable",
-            flush=True,
-        )
+    during = idle_during(counters)
     busy = bool(before["busy"] or during["busy"])
     import pytorch_lightning as pl
     result: dict[str, Any] = {
@@ -932,8 +944,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if unknown:
             print(f"bench: unknown --variants {sorted(unknown)}; known: {sorted(VARIANTS)}", file=sys.stderr)
             return 2
-        cfg.train_variants = tuple(v for v in VARIANTS if v in wanted and (v in TRAIN_VARIANTS or v not in INFER_VARIANTS))
-        cfg.infer_variants = tuple(v for v in VARIANTS if v in wanted and (v in INFER_VARIANTS or v not in TRAIN_VARIANTS))
+        cfg.train_variants = tuple(v for v in VARIANTS if v in wanted and (v in TRAIN_VARIANTS or v in OPT_IN_VARIANTS))
+        cfg.infer_variants = tuple(v for v in VARIANTS if v in wanted and (v in INFER_VARIANTS or v in OPT_IN_VARIANTS))
     if args.bf16_speedup:
         return bf16_speedup_report(cfg, Path(args.out))
     if args.paths:
@@ -985,11 +997,8 @@ def paths_report(cfg: BenchConfig, out: Path) -> int:
             result["ratios"][r["name"]] = r
             others = ", ".join(f"{p} {x:.2f}" for p, x in res["ratio_to_auto"].items())
             print(f"{format_ratio_line(r)}  [forced path / auto: {others}]", flush=True)
-    during = other_cores(counters, cpu_counters())
     result["auto_choices"] = auto_choices()
-    result["machine_busy"] = bool(before["busy"] or (during is not None and during >= BUSY_OTHER_CORES))
-    if result["machine_busy"]:
-        print("WARNING: the machine was busy; figures are unreliable", flush=True)
+    result["machine_busy"] = bool(before["busy"] or idle_during(counters)["busy"])
     atomic_write_json(out, result)
     print(f"written: {out}", flush=True)
     return 0

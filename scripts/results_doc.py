@@ -30,6 +30,7 @@ import platform
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -168,16 +169,20 @@ def main() -> int:
     is_archive = (args.sweep / archive.EXPECTED_NAME).is_file()
     report = build_report(args.sweep, measure=False)
     runs = report["runs"]
-    has_checkpoints = any((Path(r["run_dir"]) / "checkpoints").is_dir() for r in runs)
-    missing: dict[str, str] = {}
-    if args.checkpoints is not None and not args.no_latency:
+    latency_note: Optional[str] = None  # what the section says about latency, when not measured here as usual
+    if args.no_latency:
+        latency_note = "not measured (`--no-latency`)."
+    elif args.checkpoints is not None:
         rows, missing = rows_with_checkpoints(report["rows"], args.sweep, args.checkpoints)
         for rel, why in sorted(missing.items()):
             print(f"no checkpoint for {rel}: {why}", file=sys.stderr)
         report["latency"] = measure_rows(rows, threads=args.threads)
-        has_checkpoints = True
-    elif has_checkpoints and not args.no_latency:
+        latency_note = (f"every row's model measured together now (interleaved rounds), from the checkpoints of the runs in `{args.checkpoints}`"
+                        + (f"; {len(missing)} run(s) had none there." if missing else "."))  # fmt: skip
+    elif any((Path(r["run_dir"]) / "checkpoints").is_dir() for r in runs):
         report["latency"] = measure_rows(report["rows"], threads=args.threads)
+    else:
+        latency_note = "not measured (the run folders keep no checkpoints, as in an archive)."
     seeds = sorted({r["seed"] for r in runs if r["seed"] is not None})
     body = render_markdown(report).split("\n", 1)[1].strip()
     dg = render_dg(report["rows"], alpha=report["alpha"])
@@ -194,11 +199,8 @@ def main() -> int:
         f"- Source: `{args.sweep}` (rebuild with `python scripts/results_doc.py {args.sweep} ...`"
         + (f" or `python scripts/collect_results.py table {args.sweep}`)." if is_archive else f" or `python -m autonorm.compare {args.sweep}`)."),
     ]
-    if not has_checkpoints or args.no_latency:
-        text.append("- Latency and throughput: not measured" + (" (`--no-latency`)." if args.no_latency else " (the run folders keep no checkpoints, as in an archive)."))
-    elif args.checkpoints is not None:
-        text.append(f"- Latency and throughput: every row's model measured together now (interleaved rounds), from the checkpoints of the runs in `{args.checkpoints}`"
-                    + (f"; {len(missing)} run(s) had none there." if missing else "."))
+    if latency_note:
+        text.append(f"- Latency and throughput: {latency_note}")
     text += ["", body.replace("\n## ", "\n### "), ""]
     text += [reference_section(name) for name in args.reference]
     page = "\n".join(text)

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
+from autonorm import phases
 from autonorm.cli import train
 from autonorm.phases import build_task, resolve_pretrained
+from autonorm.pipeline.interrupt import RunInterrupted
 from autonorm.tasks import TransferTask, kd_loss, model_state, read_checkpoint
 
 from conftest import REPO
@@ -72,6 +76,53 @@ def test_freeze_really_freezes(pretrained):
     for n, p in frozen.items():
         assert p.grad is None
         torch.testing.assert_close(p, before[n], rtol=0, atol=0)
+
+
+class _InterruptAtStep(pl.Callback):
+    """Stops training like SIGTERM does inside ``train`` (a :class:`RunInterrupted`) when step ``step`` is about to start."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise RunInterrupted(signal.SIGTERM)
+
+
+def test_interrupted_pretraining_resumes_to_the_weights_of_an_uninterrupted_one(make_cfg, tmp_path, monkeypatch, capsys):
+    """A phase build stopped mid-epoch continues from its last.ckpt when next needed (Gumbel noise and
+    data order included) and caches the weights an uninterrupted build caches, bit for bit."""
+    args = ("norm=autonorm", "gate=gumbel", "transfer=finetune", "data=cifar10_mini")  # pretraining: 2 epochs x 4 steps
+    ref = resolve_pretrained(make_cfg(*args, f"paths.cache_dir={tmp_path / 'ref'}"))
+    cfg = make_cfg(*args, f"paths.cache_dir={tmp_path / 'run'}")
+    callbacks = phases.phase_callbacks
+    monkeypatch.setattr(phases, "phase_callbacks", lambda *a: [*callbacks(*a), _InterruptAtStep(5)])
+    with pytest.raises(RunInterrupted):
+        resolve_pretrained(cfg)
+    monkeypatch.setattr(phases, "phase_callbacks", callbacks)
+    (build,) = (tmp_path / "run" / "student").glob(".*.build")
+    assert torch.load(build / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4  # end of epoch 0
+    capsys.readouterr()
+
+    path = resolve_pretrained(cfg)
+    assert "Resuming the interrupted build" in capsys.readouterr().out
+    assert not build.exists()
+    got, want = model_state(read_checkpoint(path)), model_state(read_checkpoint(ref))
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    stats = json.loads((path.parent / "fit.json").read_text())
+    assert stats["steps"] == 8 and stats["epochs"] == 2 and stats["train_time_s"] > 0
+    assert json.loads((path.parent / "meta.json").read_text())["resumed"] is True
+    assert not (path.parent / "checkpoints").exists()  # the entry keeps model.ckpt, not the resume points
+
+
+def test_a_run_ends_the_same_whether_its_pretraining_was_built_or_cached(make_cfg, tmp_path):
+    """The first job of a norm trains its MNIST pretraining inside the job, the next ones find it
+    cached: the transfer that follows must not depend on which (the build's random draws are undone)."""
+    args = ("norm=autonorm", "gate=gumbel", "transfer=finetune", "data=cifar10_mini", "eval=none")
+    train(make_cfg(*args, run_dir=tmp_path / "built"))  # cache miss: pretraining trained in this job
+    train(make_cfg(*args, run_dir=tmp_path / "cached"))  # cache hit
+    a, b = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for d in ("built", "cached"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_mismatched_pretrained_checkpoint_lists_keys(pretrained, make_cfg, tmp_path):

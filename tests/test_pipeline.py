@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from autonorm.pipeline import (
     mark_completed,
     mark_failed,
 )
+from autonorm.pipeline.interrupt import RunInterrupted
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -154,6 +156,29 @@ def test_failing_build_leaves_nothing_valid_and_later_call_builds(tmp_path: Path
     # the lock was released: a later call builds normally
     p = cache.get_or_create("pretrain", "k1", _write_ckpt)
     assert p.read_bytes() == b"weights" and cache.get("pretrain", "k1") == p
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt(), SystemExit(1), RunInterrupted(signal.SIGTERM)], ids=type)
+def test_interrupted_build_keeps_its_folder_for_the_next_build(tmp_path: Path, stop: BaseException) -> None:
+    cache = PhaseCache(tmp_path / "cache")
+    seen: list[list[str]] = []
+
+    def interrupted(build_dir: Path) -> None:
+        (build_dir / "progress.txt").write_text("half")
+        raise stop
+
+    def resumes(build_dir: Path) -> None:
+        seen.append(sorted(p.name for p in build_dir.iterdir()))
+        _write_ckpt(build_dir, (build_dir / "progress.txt").read_bytes() + b" + rest")
+
+    with pytest.raises(type(stop)):
+        cache.get_or_create("pretrain", "k", interrupted)
+    assert cache.get("pretrain", "k") is None
+    assert (cache.build_dir("pretrain", "k") / "progress.txt").read_text() == "half"
+    p = cache.get_or_create("pretrain", "k", resumes)
+    assert seen == [["progress.txt"]] and p.read_bytes() == b"half + rest"
+    assert json.loads((p.parent / "meta.json").read_text())["resumed"] is True
+    assert not cache.build_dir("pretrain", "k").exists()  # the finished build's folder is gone
 
 
 def test_entry_without_done_is_not_a_hit(tmp_path: Path) -> None:

@@ -133,6 +133,37 @@ def test_collect_restore_round_trip_lists_what_is_missing(tmp_path):
     assert archive.coverage(dest)["completed"] == 4
 
 
+def test_a_partial_rerun_never_shrinks_the_expected_jobs(tmp_path):
+    """Continuing a table with a subset (one row, one seed) rewrites multirun.yaml with that subset
+    only; the archive's record keeps the whole table, so it cannot read complete too early."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+
+    def multirun(experiments: str, seeds: str) -> None:
+        (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {
+            "sweeper": {"params": {"experiment": experiments, "seed": seeds}},
+            "overrides": {"task": ["sweep=x"]},
+            "job": {"config": {"override_dirname": {"exclude_keys": []}}},
+        }}))
+
+    multirun("A,B", "0,1")
+    _fake_run(sweep / "A0", ["sweep=x", "experiment=A", "seed=0"])
+    dest = tmp_path / "archive"
+    archive.collect(sweep, dest)
+    assert archive.coverage(dest)["expected"] == 4
+
+    multirun("A", "1")  # `make table-recipe ROWS=A` with one seed
+    _fake_run(sweep / "A1", ["sweep=x", "experiment=A", "seed=1"])
+    archive.collect(sweep, dest)
+    cov = archive.coverage(dest)
+    assert (cov["expected"], cov["completed"]) == (4, 2)
+    assert archive.write_archive_table(dest).read_text().startswith("**Incomplete: 2 of 4")
+
+    multirun("A,B,C", "0,1")  # a row added to the table: the record grows
+    archive.collect(sweep, dest)
+    assert archive.coverage(dest)["expected"] == 6
+
+
 def test_collect_script_on_a_missing_folder_fails_clearly(tmp_path):
     proc = subprocess.run([sys.executable, "scripts/collect_results.py", "collect", str(tmp_path / "nope"), str(tmp_path / "a")],
                           cwd=REPO, capture_output=True, text=True, timeout=60)

@@ -77,6 +77,24 @@ def test_train_runs_end_to_end_and_writes_the_run_folder(make_cfg, tmp_path, nor
     assert train(cfg) == pytest.approx(metric)
 
 
+def test_model_summary_counts_the_flops_of_profile_json_and_changes_nothing(make_cfg, tmp_path, capsys):
+    """The summary printed at the start of training gives the FLOPs profile.json reports (not
+    Lightning's 0) and the frozen share, and its traced forward leaves the run bit-identical."""
+    args = ("norm=autonorm", "gate=gumbel", "transfer=freeze", "data=cifar10_mini", "eval=none", "eval.profile=true")
+    train(make_cfg(*args, "trainer.enable_model_summary=true", run_dir=tmp_path / "on"))
+    out = capsys.readouterr().out
+    train(make_cfg(*args, "trainer.enable_model_summary=false", run_dir=tmp_path / "off"))
+    assert "FLOPs per image" not in capsys.readouterr().out
+    assert "Total FLOPs" not in out
+    results = json.loads((tmp_path / "on" / "results.json").read_text())
+    flops = results["profile"]["flops_per_sample"] if "profile" in results else results["flops_per_sample"]
+    assert f"{flops / 1e6:.2f} MFLOPs per image" in out
+    frozen = [line for line in out.splitlines() if line.endswith(" frozen")]
+    assert len(frozen) == 2 and frozen[0].endswith(" 0 frozen") and not frozen[1].endswith(" 0 frozen")  # pretraining, then the frozen transfer
+    a, b = (torch.load(tmp_path / d / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"] for d in ("on", "off"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_checkpoint_reloads_to_identical_outputs(make_cfg):
     cfg = make_cfg("norm=autonorm", "gate=gumbel", "eval=none")
     train(cfg)

@@ -28,7 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from autonorm import console
-from autonorm.callbacks import AtomicCheckpointIO, RunRecord, data_record
+from autonorm.callbacks import AtomicCheckpointIO, RunRecord, data_record, with_summary
 from autonorm.config import AutoNormError, method_name, validate
 from autonorm.configs import load_group
 from autonorm.loggers import build_loggers, finish as finish_loggers
@@ -61,7 +61,7 @@ def _instantiate_dict(section: Optional[DictConfig]) -> list[Any]:
 def build_trainer(cfg: DictConfig, callbacks: list[Any], loggers: list[Any]) -> pl.Trainer:
     tcfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     tcfg.pop("compile", None)
-    return instantiate(tcfg, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
+    return instantiate(tcfg, callbacks=with_summary(tcfg, callbacks), logger=loggers or False, plugins=[AtomicCheckpointIO()])
 
 
 def _best_effort_method(cfg: DictConfig) -> Optional[str]:

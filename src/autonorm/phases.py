@@ -8,23 +8,36 @@ trainer, with the same exclusions as a run's identity) and of the source
 (:func:`autonorm.pipeline.identity.source_hash`): an edit to a norm is a miss, not a stale
 student. On a miss, or when the cached checkpoint cannot be read, the phase is trained here, in
 the same job, under a file lock, so parallel sweep jobs that need the same pretraining train it
-once.
+once, and a build that was interrupted (killed, or stopped by a signal) resumes from its last
+checkpoint when a job next needs it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import time
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 from autonorm import console
-from autonorm.callbacks import AtomicCheckpointIO, NonFiniteLossGuard, RunRecord, TemperatureScheduler, data_record
+from autonorm.callbacks import (
+    AtomicCheckpointIO,
+    NonFiniteLossGuard,
+    RNGStateCallback,
+    RunRecord,
+    StepCheckpoint,
+    TemperatureScheduler,
+    TrainLoaderStateCallback,
+    data_record,
+    with_summary,
+)
+from autonorm.callbacks.resume import capture_rng_state, restore_rng_state
 from autonorm.config import ConfigError
 from autonorm.configs import load_group
 from autonorm.pipeline.cache import PhaseCache, config_key
@@ -38,6 +51,8 @@ log = logging.getLogger("autonorm")
 PHASE_KEYS = ("seed", "data", "model", "norm", "gate", "optim", "trainer")
 #: Training time, epochs and steps of a cached phase, stored beside its checkpoint.
 FIT_STATS = "fit.json"
+#: A phase build's resume checkpoints, inside its build folder.
+CHECKPOINTS = "checkpoints"
 
 
 def _container(node: Any) -> dict[str, Any]:
@@ -62,9 +77,34 @@ def _task_kwargs(cfg: DictConfig, num_classes: int) -> dict[str, Any]:
     }
 
 
+def phase_callbacks(cfg: DictConfig, out_dir: Path, datamodule: Any) -> list[pl.Callback]:
+    """The callbacks of a phase build: the guards and the temperature schedule it trains with, and
+    the checkpoints a run resumes from (``out_dir/checkpoints/last.ckpt`` every
+    ``callbacks.last_checkpoint.every_n_train_steps`` steps and after each epoch's validation, with
+    the RNG and data-loader states), so an interrupted build resumes to the weights an
+    uninterrupted one ends with."""
+    ckpt_dir = str(out_dir / CHECKPOINTS)
+    every = int(OmegaConf.select(cfg, "callbacks.last_checkpoint.every_n_train_steps", default=None) or 100)
+    return [
+        NonFiniteLossGuard(),
+        TemperatureScheduler(cfg.gate.tau_start, cfg.gate.tau_end, cfg.gate.schedule, cfg.gate.get("tau_end_at", "last_step")),
+        RunRecord(None, data_record(datamodule)),
+        StepCheckpoint(dirpath=ckpt_dir, save_top_k=0, save_last=True, every_n_train_steps=every, enable_version_counter=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1, auto_insert_metric_name=False, enable_version_counter=False),
+        RNGStateCallback(),
+        TrainLoaderStateCallback(),
+        console.progress_bar(),
+    ]
+
+
 def fit_phase(cfg: DictConfig, out_dir: Path, init: Path | None = None) -> None:
     """Train a plain classification run of ``cfg`` and save it as ``out_dir/model.ckpt``
-    (starting from the weights of ``init`` but its head, when given)."""
+    (starting from the weights of ``init`` but its head, when given).
+
+    ``out_dir/checkpoints/last.ckpt``, left by an interrupted build of the same phase, is resumed
+    from (the phase cache keeps the build folder of an interrupted build); an unreadable one is
+    discarded and the build starts over. ``fit.json`` holds the training time of all attempts
+    together (Lightning's ``Timer`` state travels in the checkpoint), the epochs and the steps."""
     pl.seed_everything(int(cfg.seed), workers=True)
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
@@ -72,18 +112,26 @@ def fit_phase(cfg: DictConfig, out_dir: Path, init: Path | None = None) -> None:
     task = ClassificationTask(**_task_kwargs(cfg, datamodule.num_classes))
     if init is not None:
         load_weights(task.model, model_state(read_checkpoint(init)), skip_prefixes=("head.",), source=str(init))
+    last = out_dir / CHECKPOINTS / "last.ckpt"
+    step = checkpoint_step(last) if last.is_file() else None
+    if last.is_file() and step is None:
+        print(f"The interrupted build's {last} cannot be read; training this phase from the start")
+        shutil.rmtree(out_dir / CHECKPOINTS)
+    elif step is not None:
+        print(f"Resuming the interrupted build from {last} (step {step})")
     tcfg = _container(cfg.trainer)
     tcfg.pop("compile", None)
-    tcfg.update(default_root_dir=str(out_dir), enable_checkpointing=False, logger=False)
-    callbacks = [NonFiniteLossGuard(), TemperatureScheduler(cfg.gate.tau_start, cfg.gate.tau_end, cfg.gate.schedule, cfg.gate.get("tau_end_at", "last_step"))]
-    callbacks.append(RunRecord(None, data_record(datamodule)))
-    callbacks.append(console.progress_bar())
-    trainer = instantiate(tcfg, callbacks=callbacks, plugins=[AtomicCheckpointIO()])
-    t0 = time.monotonic()
-    trainer.fit(task, datamodule=datamodule)
-    stats = {"train_time_s": round(time.monotonic() - t0, 2), "epochs": int(trainer.current_epoch), "steps": int(trainer.global_step)}
+    tcfg.update(default_root_dir=str(out_dir), enable_checkpointing=True, logger=False)
+    timer = pl.callbacks.Timer()
+    callbacks = [*phase_callbacks(cfg, out_dir, datamodule), timer]
+    trainer = instantiate(tcfg, callbacks=with_summary(tcfg, callbacks), plugins=[AtomicCheckpointIO()])
+    trainer.fit(task, datamodule=datamodule, ckpt_path=str(last) if step is not None else None)
+    if trainer.interrupted:  # Lightning returns from fit on KeyboardInterrupt: never store a half-trained phase
+        raise KeyboardInterrupt(f"training of the phase in {out_dir} was interrupted; run again to resume it")
+    stats = {"train_time_s": round(timer.time_elapsed("train"), 2), "epochs": int(trainer.current_epoch), "steps": int(trainer.global_step)}
     (out_dir / FIT_STATS).write_text(json.dumps(stats))  # moved into the cache entry with the checkpoint
     trainer.save_checkpoint(str(out_dir / "model.ckpt"))
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)  # the resume points; the entry keeps model.ckpt
 
 
 def phase_key(phase: str, pcfg: DictConfig, init: Path | None = None) -> tuple[str, dict[str, Any]]:
@@ -97,11 +145,18 @@ def phase_key(phase: str, pcfg: DictConfig, init: Path | None = None) -> tuple[s
 
 
 def _cached_phase(cfg: DictConfig, phase: str, pcfg: DictConfig, init: Path | None = None) -> Path:
+    """The phase's cached checkpoint, trained here on a miss. The global RNG states are put back
+    afterwards, so the run that needed the phase goes on exactly as it does on a cache hit: its
+    numbers never depend on whether an earlier job had built the phase already."""
     key, key_parts = phase_key(phase, pcfg, init)
     cache = PhaseCache(cfg.paths.cache_dir)
-    return cache.get_or_create(
-        phase, key, lambda tmp: fit_phase(pcfg, Path(tmp), init), meta=key_parts, valid=lambda p: checkpoint_step(p) is not None
-    )
+    state = capture_rng_state()
+    try:
+        return cache.get_or_create(
+            phase, key, lambda tmp: fit_phase(pcfg, Path(tmp), init), meta=key_parts, valid=lambda p: checkpoint_step(p) is not None
+        )
+    finally:
+        restore_rng_state(state)
 
 
 def pretrain_config(cfg: DictConfig) -> DictConfig:

@@ -3,8 +3,9 @@
 ``collect(sweep_dir, archive_dir)`` copies each *completed* run's small files (:data:`RUN_FILES`:
 results, robustness, profile, metrics, resolved config, identity, the ``COMPLETED`` marker and
 the job's Hydra overrides) into ``archive_dir/<run folder>/``, the same relative path as in the
-sweep (replacing an archived run of the same job, i.e. the same overrides), and records the sweep's expected jobs (expanded from Hydra's ``multirun.yaml`` with the
-basic sweeper's own splitting) in ``archive_dir/expected_jobs.json``. A table rebuilt from the
+sweep (replacing an archived run of the same job, i.e. the same overrides), and records the
+sweep's expected jobs (expanded from Hydra's ``multirun.yaml`` with the basic sweeper's own
+splitting; the union over every collect) in ``archive_dir/expected_jobs.json``. A table rebuilt from the
 archive alone therefore knows which jobs are missing (:func:`coverage`, :func:`render_coverage`).
 
 ``restore(archive_dir, sweep_dir)`` copies archived runs back into a sweep folder where that run
@@ -120,7 +121,10 @@ def collect(sweep_dir: str | os.PathLike[str], archive_dir: str | os.PathLike[st
 
     Returns ``{"runs": n completed runs, "files": n files written}``. Files that did not change
     are not rewritten, so collecting twice changes nothing. The expected jobs are recorded from
-    ``sweep_dir/multirun.yaml`` when it exists (an existing record is kept otherwise).
+    ``sweep_dir/multirun.yaml`` when it exists, added to those already recorded: a sweep continued
+    with a subset of its jobs (``ROWS=...``, one seed) leaves the whole table's record, so its
+    coverage never reads complete too early. (To shrink a table on purpose, delete
+    ``expected_jobs.json`` and collect again.)
     """
     sweep, archive = Path(sweep_dir), Path(archive_dir)
     if not sweep.is_dir():
@@ -141,9 +145,12 @@ def collect(sweep_dir: str | os.PathLike[str], archive_dir: str | os.PathLike[st
         if job is not None:
             kept[job] = dst
     if multirun.is_file():
-        jobs = expected_jobs(multirun)
-        record = {"excluded_keys": excluded, "jobs": sorted(sorted(_identity(j, excluded)) for j in jobs)}
-        if _record(archive) != record:
+        jobs = {frozenset(_identity(j, excluded)) for j in expected_jobs(multirun)}
+        old = _record(archive)
+        if old.get("excluded_keys", None) == excluded:  # a partial rerun (fewer rows or seeds) adds, never drops
+            jobs |= {frozenset(j) for j in old.get("jobs", [])}
+        record = {"excluded_keys": excluded, "jobs": sorted(sorted(j) for j in jobs)}
+        if old != record:
             atomic_write_json(archive / EXPECTED_NAME, record)
             written += 1
     return {"runs": len(runs), "files": written}

@@ -7,11 +7,19 @@ Layout under ``root`` (default ``outputs/cache``)::
     root/<phase>/<key>/model.ckpt    the artefact
     root/<phase>/<key>/meta.json     provenance (phase, key, created_at, build time, caller's meta)
     root/<phase>/<key>/DONE          written last: the entry is valid only if DONE and model.ckpt exist
+    root/<phase>/.<key>.build        where the entry is built (see below)
 
-An entry is built inside the lock into a private temporary folder and moved into place only after
+An entry is built inside the lock into its build folder and moved into place only after
 ``build_fn`` returned, so a crashed or failing build never leaves anything that reads as valid, and
 concurrent callers of :meth:`PhaseCache.get_or_create` on the same key build exactly once (the ones
 that waited find the finished entry when they re-check inside the lock).
+
+The build folder of an *interrupted* build (killed, or stopped by one of :data:`INTERRUPTIONS`:
+``SIGTERM`` / ``SIGINT``, ``KeyboardInterrupt``, ``SystemExit``) is kept: the next build of the same
+key gets it back, so a ``build_fn`` that checkpoints into it (:func:`autonorm.phases.fit_phase`
+writes ``checkpoints/last.ckpt``) resumes where the last attempt stopped. A key names one config
+and one source, so what is there always belongs to the same build. A build that *fails* (any other
+exception) has its folder removed: the next attempt starts clean.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -30,6 +37,7 @@ from typing import Any, Callable, Mapping
 
 from filelock import FileLock
 
+from .interrupt import RunInterrupted
 from .io import _fsync_dir, _fsync_file, _json_default, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -39,6 +47,8 @@ __all__ = ["config_key", "PhaseCache", "CKPT_NAME", "DONE_NAME", "META_NAME"]
 CKPT_NAME = "model.ckpt"
 DONE_NAME = "DONE"
 META_NAME = "meta.json"
+#: Exceptions that stop a build without it having failed: its build folder is kept to resume from.
+INTERRUPTIONS = (RunInterrupted, KeyboardInterrupt, SystemExit)
 
 
 def config_key(cfg_dict: Mapping[str, Any], length: int = 16) -> str:
@@ -78,6 +88,10 @@ class PhaseCache:
         """Where the entry's checkpoint lives (``root/phase/key/model.ckpt``), whether built or not."""
         return self.entry_dir(phase, key) / CKPT_NAME
 
+    def build_dir(self, phase: str, key: str) -> Path:
+        """Where the entry is built (``root/phase/.key.build``); kept when a build is interrupted."""
+        return self.root / _check_name("phase", phase) / f".{_check_name('key', key)}.build"
+
     def lock_path(self, phase: str, key: str) -> Path:
         """The lock file guarding the entry: ``root/phase/key.lock``."""
         return self.root / _check_name("phase", phase) / f"{_check_name('key', key)}.lock"
@@ -107,10 +121,11 @@ class PhaseCache:
         timeout: float | None = None,
         valid: Callable[[Path], bool] | None = None,
     ) -> Path:
-        """Return the cached checkpoint, building it with ``build_fn(tmp_dir)`` on a miss.
+        """Return the cached checkpoint, building it with ``build_fn(build_dir)`` on a miss.
 
-        ``build_fn`` must write ``model.ckpt`` into ``tmp_dir`` (other files it writes there are kept
-        next to the checkpoint). The build runs while holding ``root/phase/key.lock``, so concurrent
+        ``build_fn`` must write ``model.ckpt`` into ``build_dir`` (other files it writes there are
+        kept next to the checkpoint). ``build_dir`` is empty, or holds what an interrupted build of
+        the same key left there (see the module docstring). The build runs while holding ``root/phase/key.lock``, so concurrent
         callers build once; ``timeout`` (seconds, None = wait forever) bounds the wait for the lock
         and raises ``filelock.Timeout`` when exceeded. If ``build_fn`` raises, the exception
         propagates, no valid entry is left and the lock is released. ``valid(checkpoint)`` (e.g. "the
@@ -158,14 +173,22 @@ class PhaseCache:
             except FileNotFoundError:
                 pass
 
-        tmp_dir = Path(tempfile.mkdtemp(prefix=f".{key}.build-", dir=entry.parent))
+        for stale in entry.parent.glob(f".{key}.build-*"):  # private folders of older versions: never resumable
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp_dir = self.build_dir(phase, key)
+        resumed = tmp_dir.is_dir() and any(tmp_dir.iterdir())
+        if resumed:
+            print(f"[{phase}] continuing the interrupted build in {tmp_dir}")
+        tmp_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
+        keep = False
         try:
             try:
                 build_fn(tmp_dir)
             except BaseException as exc:
-                log.error("phase cache build FAILED: phase=%s key=%s: %s: %s",
-                          phase, key, type(exc).__name__, exc)
+                keep = isinstance(exc, INTERRUPTIONS)
+                log.error("phase cache build %s: phase=%s key=%s: %s: %s",
+                          "INTERRUPTED (kept for the next build)" if keep else "FAILED", phase, key, type(exc).__name__, exc)
                 try:
                     entry.rmdir()  # only succeeds if empty
                 except OSError:
@@ -193,7 +216,8 @@ class PhaseCache:
                 "phase": phase,
                 "key": key,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "build_seconds": round(build_s, 3),
+                "build_seconds": round(build_s, 3),  # this attempt's
+                "resumed": resumed,  # continued an interrupted build
                 "host": socket.gethostname(),
                 "pid": os.getpid(),
             }
@@ -202,7 +226,8 @@ class PhaseCache:
             atomic_write_json(entry / META_NAME, info)
             atomic_write_text(entry / DONE_NAME, info["created_at"] + "\n")
         finally:
-            shutil.rmtree(tmp_dir, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
         ckpt = entry / CKPT_NAME
         log.info("phase cache STORED: phase=%s key=%s -> %s (built in %.1fs)", phase, key, ckpt, build_s)
         return ckpt

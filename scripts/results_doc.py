@@ -30,7 +30,7 @@ import platform
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
@@ -39,7 +39,7 @@ from autonorm.pipeline import archive  # noqa: E402
 from autonorm.pipeline.dg_table import render_dg  # noqa: E402
 from autonorm.pipeline.io import atomic_write_text  # noqa: E402
 from autonorm.pipeline.render import render_markdown  # noqa: E402
-from autonorm.pipeline.table import build_report, measure_rows  # noqa: E402
+from autonorm.pipeline.table import build_report, measure_rows, run_checkpoint  # noqa: E402
 
 #: Published figures shown beside ours (never mixed into our rows): (heading, caption, header, rows).
 REFERENCES: dict[str, tuple[str, str, list[str], list[list[str]]]] = {
@@ -124,27 +124,27 @@ def replace_section(page: str, name: str, text: str) -> str:
     return page.rstrip("\n") + ("\n\n" if page.strip() else "") + block + "\n"
 
 
-def rows_with_checkpoints(rows: list[dict], archive_dir: Path, sweep_dir: Path) -> tuple[list[dict], dict[str, str]]:
-    """``rows`` with each completed run pointed at its twin under ``sweep_dir`` (the same path
-    relative to ``archive_dir``, the same ``identity.json``), which keeps its checkpoints; runs
-    without such a twin are left out, named in the returned ``{run folder: reason}``."""
-    out, missing = [], {}
+def twin_checkpoints(rows: list[dict], archive_dir: Path, sweep_dir: Path) -> tuple[Callable[[dict], Optional[Path]], dict[str, str]]:
+    """For ``measure_rows(checkpoint=...)``: each row's checkpoint, found on the twin of one of its
+    archived runs under ``sweep_dir`` (the same path relative to ``archive_dir`` and the same
+    ``identity.json``; :func:`run_checkpoint` of the twin), and ``{run folder: reason}`` for the
+    runs without such a twin."""
+    found: dict[str, Path] = {}
+    missing: dict[str, str] = {}
     for row in rows:
-        runs = []
         for r in row["runs"]:
             if r["status"] != "completed":
                 continue
             rel = Path(r["run_dir"]).resolve().relative_to(archive_dir.resolve())
             twin = sweep_dir / rel
             mine, theirs = Path(r["run_dir"]) / "identity.json", twin / "identity.json"
-            if not (twin / "checkpoints").is_dir():
+            if not (mine.is_file() and theirs.is_file() and mine.read_bytes() == theirs.read_bytes()):
+                missing[str(rel)] = "another run there (identity.json differs)" if theirs.is_file() else "not there"
+            elif (path := run_checkpoint(twin, r["results"].get("best_checkpoint"))) is None:
                 missing[str(rel)] = "no checkpoints there"
-            elif not (mine.is_file() and theirs.is_file() and mine.read_bytes() == theirs.read_bytes()):
-                missing[str(rel)] = "another run there (identity.json differs)"
             else:
-                runs.append({**r, "run_dir": str(twin), "results": {**r["results"], "best_checkpoint": None}})
-        out.append({**row, "runs": runs})
-    return out, missing
+                found.setdefault(row["key"], path)
+    return (lambda row: found.get(row["key"])), missing
 
 
 def main() -> int:
@@ -173,10 +173,10 @@ def main() -> int:
     if args.no_latency:
         latency_note = "not measured (`--no-latency`)."
     elif args.checkpoints is not None:
-        rows, missing = rows_with_checkpoints(report["rows"], args.sweep, args.checkpoints)
+        lookup, missing = twin_checkpoints(report["rows"], args.sweep, args.checkpoints)
         for rel, why in sorted(missing.items()):
             print(f"no checkpoint for {rel}: {why}", file=sys.stderr)
-        report["latency"] = measure_rows(rows, threads=args.threads)
+        report["latency"] = measure_rows(report["rows"], threads=args.threads, checkpoint=lookup)
         latency_note = (f"every row's model measured together now (interleaved rounds), from the checkpoints of the runs in `{args.checkpoints}`"
                         + (f"; {len(missing)} run(s) had none there." if missing else "."))  # fmt: skip
     elif any((Path(r["run_dir"]) / "checkpoints").is_dir() for r in runs):

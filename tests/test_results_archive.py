@@ -280,20 +280,31 @@ def test_results_doc_finds_an_archived_runs_checkpoints_in_the_sweep_it_came_fro
     finally:
         sys.path.remove(str(REPO / "scripts"))
     arch, sweep = tmp_path / "archive", tmp_path / "sweep"
-    runs = []
-    for name, twin in (("same", "same"), ("other", "other identity"), ("bare", "no checkpoints")):
+    cached = tmp_path / "cache" / "teacher.ckpt"  # the Teacher row: its checkpoint is the cached teacher
+    cached.parent.mkdir()
+    cached.write_bytes(b"t")
+
+    def run(name: str, twin: str, best: str = "/elsewhere/best.ckpt") -> dict:
         (arch / name).mkdir(parents=True)
         (arch / name / "identity.json").write_text(json.dumps({"name": name}))
-        (sweep / name).mkdir(parents=True)
-        (sweep / name / "identity.json").write_text(json.dumps({"name": name if twin != "other identity" else "x"}))
-        if twin != "no checkpoints":
+        if twin != "absent":
+            (sweep / name).mkdir(parents=True)
+            (sweep / name / "identity.json").write_text(json.dumps({"name": name if twin != "other identity" else "x"}))
+        if twin == "same":
             (sweep / name / "checkpoints").mkdir()
-        runs.append({"status": "completed", "run_dir": str(arch / name), "results": {"best_checkpoint": "/elsewhere/best.ckpt"}})
-    runs.append({"status": "failed", "run_dir": str(arch / "failed"), "results": {}})
-    rows, missing = results_doc.rows_with_checkpoints([{"key": "k", "label": "A", "runs": runs}], arch, sweep)
-    assert [r["run_dir"] for r in rows[0]["runs"]] == [str(sweep / "same")]
-    assert rows[0]["runs"][0]["results"]["best_checkpoint"] is None  # the twin's own checkpoints folder is used
-    assert missing == {"other": "another run there (identity.json differs)", "bare": "no checkpoints there"}
+            (sweep / name / "checkpoints" / "last.ckpt").write_bytes(b"w")
+        return {"status": "completed", "run_dir": str(arch / name), "results": {"best_checkpoint": best}}
+
+    rows = [
+        {"key": "a", "label": "A", "runs": [run("other", "other identity"), run("bare", "no checkpoints"), run("same", "same"),
+                                           {"status": "failed", "run_dir": str(arch / "failed"), "results": {}}]},
+        {"key": "t", "label": "Teacher", "runs": [run("teacher", "no checkpoints", best=str(cached))]},
+        {"key": "g", "label": "Gone", "runs": [run("gone", "absent")]},
+    ]
+    lookup, missing = results_doc.twin_checkpoints(rows, arch, sweep)
+    assert lookup(rows[0]) == sweep / "same" / "checkpoints" / "last.ckpt"  # the first run with a twin that has one
+    assert lookup(rows[1]) == cached and lookup(rows[2]) is None
+    assert missing == {"other": "another run there (identity.json differs)", "bare": "no checkpoints there", "gone": "not there"}
     proc = subprocess.run([sys.executable, "scripts/results_doc.py", str(arch), "--out", str(tmp_path / "r.md"), "--checkpoints", str(tmp_path / "nowhere")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "--checkpoints: folder not found" in proc.stderr

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 from .collect import check_data_sets, collect_runs, group_runs, number
 from .io import atomic_write_text
@@ -156,20 +156,30 @@ def corruption_section(rows: list[dict[str, Any]], baseline: str = MCE_BASELINE)
     }
 
 
-def _checkpoint(row: dict[str, Any]) -> Optional[Path]:
+def run_checkpoint(run_dir: Path, best: Optional[str] = None) -> Optional[Path]:
+    """The checkpoint of a finished run: ``best`` (its ``results.json["best_checkpoint"]``, e.g.
+    the cached teacher of the Teacher row), else ``checkpoints/best.ckpt``, else ``last.ckpt``;
+    None when none of them exists."""
+    for path in (best, run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"):
+        if path and Path(path).is_file():
+            return Path(path)
+    return None
+
+
+def row_checkpoint(row: dict[str, Any]) -> Optional[Path]:
+    """The checkpoint of a row's first completed run that has one (:func:`run_checkpoint`)."""
     for r in _completed(row):
-        best = r["results"].get("best_checkpoint")
-        for path in (best, Path(r["run_dir"]) / "checkpoints" / "best.ckpt", Path(r["run_dir"]) / "checkpoints" / "last.ckpt"):
-            if path and Path(path).is_file():
-                return Path(path)
+        path = run_checkpoint(Path(r["run_dir"]), r["results"].get("best_checkpoint"))
+        if path is not None:
+            return path
     return None
 
 
 def measure_rows(rows: list[dict[str, Any]], batch_sizes: Sequence[int] = (1, 256), threads: Optional[int] = None,
-                 rounds: int = 7) -> dict[str, Any]:
-    """Latency and throughput of every row's model (its first completed run's best checkpoint),
-    all measured together by :func:`autonorm.eval.profile.interleaved_latency` (keyed by the rows'
-    ``key``). Rows whose
+                 rounds: int = 7, checkpoint: Callable[[dict[str, Any]], Optional[Path]] = row_checkpoint) -> dict[str, Any]:
+    """Latency and throughput of every row's model (``checkpoint(row)``: by default its first
+    completed run's best checkpoint), all measured together by
+    :func:`autonorm.eval.profile.interleaved_latency` (keyed by the rows' ``key``). Rows whose
     checkpoint is missing or unloadable are listed in ``"skipped"`` with the reason."""
     from autonorm.eval.profile import interleaved_latency
     from autonorm.tasks import load_model_checkpoint
@@ -178,7 +188,7 @@ def measure_rows(rows: list[dict[str, Any]], batch_sizes: Sequence[int] = (1, 25
     for row in rows:
         if not _completed(row):
             continue
-        path = _checkpoint(row)
+        path = checkpoint(row)
         if path is None:
             skipped[row["label"]] = "no checkpoint"
             continue

@@ -184,7 +184,8 @@ def _pct(v: Any) -> str:
     return "—" if v is None else f"{100 * float(v):.2f} %"
 
 
-def _si(v: Any) -> str:
+def si(v: Any) -> str:
+    """``22.93 M``, ``144.35 k``, ``650``: a count with an SI prefix (``—`` for None)."""
     if v is None:
         return "—"
     v = float(v)
@@ -209,8 +210,8 @@ def summary_rows(results: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append(("CIFAR-10-C acc", _pct(results["c_mean_acc"])))
     rows += [
         ("train time", "—" if time_s is None else f"{float(time_s):.1f} s{when}"),
-        ("FLOPs / sample", _si(results.get("flops_per_sample"))),
-        ("params", _si(results.get("params"))),
+        ("FLOPs / sample", si(results.get("flops_per_sample"))),
+        ("params", si(results.get("params"))),
     ]
     return rows
 

@@ -14,12 +14,7 @@ from typing import Any, Optional
 import pytorch_lightning as pl
 from torch import nn
 
-
-def _count(v: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(v) >= scale:
-            return f"{v / scale:.2f} {unit}"
-    return f"{v:.0f}"
+from autonorm.console import si
 
 
 def _image_shape(model: nn.Module) -> tuple[int, int]:
@@ -37,8 +32,8 @@ def summary_lines(model: nn.Module) -> list[str]:
     rows = [("module", "type", "params", "trainable")]
     for name, child in model.named_children():
         params = list(child.parameters())
-        rows.append((name, type(child).__name__, _count(sum(p.numel() for p in params)),
-                     _count(sum(p.numel() for p in params if p.requires_grad))))
+        rows.append((name, type(child).__name__, si(sum(p.numel() for p in params)),
+                     si(sum(p.numel() for p in params if p.requires_grad))))
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
@@ -49,10 +44,10 @@ def summary_lines(model: nn.Module) -> list[str]:
         flops = count_flops(model, img_size=img_size, in_chans=in_chans)
     except Exception as exc:  # noqa: BLE001 - a summary never stops a run
         lines.append(f"FLOPs not counted ({type(exc).__name__}: {exc})")
-    lines.append(f"{_count(total)} parameters, {_count(trainable)} trainable, {_count(total - trainable)} frozen")
+    lines.append(f"{si(total)} parameters, {si(trainable)} trainable, {si(total - trainable)} frozen")
     if flops is not None:
         lines.append(
-            f"{_count(flops['total'])}FLOPs per image, forward ({100 * flops['norm_fraction']:.1f}% in the norms; "
+            f"{si(flops['total'])}FLOPs per image, forward ({100 * flops['norm_fraction']:.1f}% in the norms; "
             "2 per multiply-add, 1 per element-wise op, as in profile.json)"
         )
     return lines

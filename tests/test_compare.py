@@ -8,14 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import scipy.stats
 import torch
 import yaml
 
 from autonorm.eval.profile import interleaved_latency
 from autonorm.pipeline import collect_runs, write_table
 from autonorm.pipeline.collect import MixedDataError, group_runs
-from autonorm.pipeline.stats import compare_methods, holm, paired_t, summary
+from autonorm.pipeline.stats import compare_methods, holm, needed_difference, paired_t, summary
 from autonorm.pipeline.table import build_report
 from conftest import md_row
 
@@ -82,9 +84,28 @@ def test_compare_methods_words_only_what_passes() -> None:
     assert comps[("A", "C")]["finding"] == "no significant difference"
     assert comps[("A", "D")]["finding"] == "not testable (0 paired seeds)"
     assert comps[("A", "B")]["p_holm"] == pytest.approx(3 * comps[("A", "B")]["p"]) or comps[("A", "B")]["p_holm"] >= comps[("A", "B")]["p"]
+    # the difference needed to pass: Bonferroni's bound over the 3 testable pairs, by hand
+    d = np.subtract([0.90, 0.91, 0.92, 0.905], [0.80, 0.815, 0.82, 0.80])
+    assert comps[("A", "B")]["needed"] == pytest.approx(scipy.stats.t.ppf(1 - 0.05 / 6, 3) * d.std(ddof=1) / 2)
+    assert comps[("A", "D")]["needed"] is None
     vs = compare_methods(noisy, baseline="B")
     assert [(c["a"], c["b"]) for c in vs] == [("A", "B"), ("C", "B"), ("D", "B")]
     assert summary([0.5]) == {"mean": 0.5, "std": None, "n": 1}  # one run: no spread
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_difference_above_the_needed_one_always_passes(seed: int) -> None:
+    """needed_difference is a guarantee, whatever the data: |A - B| above it is a finding (Holm is
+    never stricter than Bonferroni), and the figure shrinks with more seeds."""
+    rng = np.random.default_rng(seed)
+    per_seed = {m: dict(enumerate(rng.normal(shift, 0.01, size=4))) for m, shift in zip("ABCDE", (0.70, 0.71, 0.75, 0.80, 0.70))}
+    comps = compare_methods(per_seed)
+    for c in comps:
+        if abs(c["mean_diff"]) > c["needed"]:
+            assert c["finding"] in ("a > b", "a < b")
+    sd = 0.01
+    assert needed_difference(sd / np.sqrt(10), 10, 10) < needed_difference(sd / np.sqrt(3), 3, 10)
+    assert needed_difference(0.01, 3, 1) < needed_difference(0.01, 3, 100)
 
 
 # ------------------------------------------------------------------------------ grouping

@@ -184,6 +184,9 @@ def _comparisons(report: dict[str, Any], title: str = "Paired comparisons of tes
         f"mean difference, p-values adjusted with Holm's method over all comparisons of a data set; a difference "
         f"is called a finding only when its adjusted p-value is below {alpha}. Differences in percentage points."
         + (f" Every row against {report['baseline']}." if report.get("baseline") else " Every pair of rows.")
+        + " Needed: the smallest difference (either sign) those seeds, with that pair's spread, could confirm"
+        " over this family (Bonferroni's bound, t(1 − α/2m, n − 1) × sd/√n; a larger difference always passes):"
+        " more seeds or fewer comparisons lower it."
     )
     lines.append("")
     for data, comps in report["comparisons"].items():
@@ -195,8 +198,9 @@ def _comparisons(report: dict[str, Any], title: str = "Paired comparisons of tes
             ci = "" if c["ci"] is None else f"[{100 * c['ci'][0]:+.2f}, {100 * c['ci'][1]:+.2f}]"
             finding = {"a > b": f"{c['a']} higher", "a < b": f"{c['b']} higher"}.get(c["finding"], c["finding"])
             diff = "" if c["mean_diff"] is None else _fmt(c["mean_diff"], "pp")
-            body.append([c["a"], c["b"], c["n"], diff, ci, _p(c["p"]), _p(c["p_holm"]), finding])
-        lines += _table(["Row A", "Row B", "paired seeds", "A − B (pp)", "95% CI (pp)", "p", "p (Holm)", "finding"], body)
+            needed = "" if c.get("needed") is None else f"{100 * c['needed']:.2f}"
+            body.append([c["a"], c["b"], c["n"], diff, ci, _p(c["p"]), _p(c["p_holm"]), needed, finding])
+        lines += _table(["Row A", "Row B", "paired seeds", "A − B (pp)", "95% CI (pp)", "p", "p (Holm)", "needed (pp)", "finding"], body)
         lines.append("")
     return lines
 

@@ -9,6 +9,8 @@
 * :func:`compare_methods`: every pair of methods (or every method against one baseline), paired
   by seed, Holm-adjusted over the family; a difference is a finding only when its adjusted
   p-value is below ``alpha``. Reusable by any table section: it takes ``{method: {seed: value}}``.
+  Each comparison also says how large a difference its seeds could have confirmed
+  (:func:`needed_difference`), so "no significant difference" reads with the design's power.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["compare_methods", "holm", "paired_t", "summary"]
+__all__ = ["compare_methods", "holm", "needed_difference", "paired_t", "summary"]
 
 
 def summary(values: Sequence[float]) -> Optional[dict[str, Any]]:
@@ -34,9 +36,10 @@ def summary(values: Sequence[float]) -> Optional[dict[str, Any]]:
 def paired_t(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> dict[str, Any]:
     """Paired t-test of ``a`` against ``b`` (same length, pair i = seed i).
 
-    Returns ``{"n", "mean_diff", "ci": (low, high), "t", "p"}`` for ``a - b`` (two-sided). With
-    fewer than two pairs there is no test (``t``, ``p``, ``ci`` None). Identical differences
-    (zero variance) give p = 1 when their mean is 0 and p = 0 otherwise (scipy's limits).
+    Returns ``{"n", "mean_diff", "se", "ci": (low, high), "t", "p"}`` for ``a - b`` (two-sided;
+    ``se``: the standard error of the mean difference, sd / sqrt(n)). With fewer than two pairs
+    there is no test (``se``, ``t``, ``p``, ``ci`` None). Identical differences (zero variance)
+    give p = 1 when their mean is 0 and p = 0 otherwise (scipy's limits).
     """
     from scipy import stats
 
@@ -44,10 +47,11 @@ def paired_t(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -
     if x.shape != y.shape or x.ndim != 1:
         raise ValueError(f"paired values need equal 1-D lengths, got {x.shape} and {y.shape}")
     d = x - y
-    out: dict[str, Any] = {"n": int(d.size), "mean_diff": float(d.mean()) if d.size else None, "ci": None, "t": None, "p": None}
+    out: dict[str, Any] = {"n": int(d.size), "mean_diff": float(d.mean()) if d.size else None, "se": None, "ci": None, "t": None, "p": None}
     if d.size < 2:
         return out
     sd = float(d.std(ddof=1))
+    out["se"] = sd / math.sqrt(d.size)
     if sd == 0.0:
         out.update(t=math.copysign(math.inf, out["mean_diff"]) if out["mean_diff"] else 0.0,
                    p=1.0 if out["mean_diff"] == 0 else 0.0, ci=(out["mean_diff"], out["mean_diff"]))
@@ -74,6 +78,18 @@ def holm(pvalues: Sequence[Optional[float]]) -> list[Optional[float]]:
     return out
 
 
+def needed_difference(se: Optional[float], n: int, family: int, alpha: float = 0.05) -> Optional[float]:
+    """The smallest mean difference (in the values' unit) that a paired t-test on ``n`` pairs with
+    standard error ``se`` calls a finding at family-wise level ``alpha`` over ``family`` tests:
+    ``t(1 - alpha / (2 family), n - 1) * se``. That is Bonferroni's bound, the strictest step of
+    Holm's method, so a difference this large always passes. None without a test (n < 2)."""
+    from scipy import stats
+
+    if se is None or n < 2 or family < 1:
+        return None
+    return float(stats.t.ppf(1 - alpha / (2 * family), n - 1)) * float(se)
+
+
 def compare_methods(
     per_seed: Mapping[str, Mapping[Hashable, float]],
     baseline: Optional[str] = None,
@@ -89,9 +105,11 @@ def compare_methods(
         confidence: level of the interval of the mean difference.
 
     Returns one dict per pair ``(a, b)`` (a listed before b in ``per_seed``, or b the baseline):
-    ``{"a", "b", "n", "seeds", "mean_diff", "ci", "t", "p", "p_holm", "finding"}`` where
-    ``finding`` is ``"a > b"`` / ``"a < b"`` when ``p_holm < alpha``, ``"no significant
-    difference"`` otherwise, and ``"not testable (n paired seeds)"`` below two pairs.
+    ``{"a", "b", "n", "seeds", "mean_diff", "se", "ci", "t", "p", "p_holm", "needed", "finding"}``
+    where ``finding`` is ``"a > b"`` / ``"a < b"`` when ``p_holm < alpha``, ``"no significant
+    difference"`` otherwise, and ``"not testable (n paired seeds)"`` below two pairs; ``needed``
+    is :func:`needed_difference` over the family of testable pairs (a ``|mean_diff|`` above it
+    passes).
     """
     names = list(per_seed)
     if baseline is not None:
@@ -105,8 +123,10 @@ def compare_methods(
         seeds = sorted(set(per_seed[a]) & set(per_seed[b]), key=lambda s: (str(type(s)), s))
         res = paired_t([per_seed[a][s] for s in seeds], [per_seed[b][s] for s in seeds], confidence)
         out.append({"a": a, "b": b, "seeds": seeds, **res})
+    family = sum(r["p"] is not None for r in out)
     for row, p_adj in zip(out, holm([r["p"] for r in out])):
         row["p_holm"] = p_adj
+        row["needed"] = needed_difference(row["se"], row["n"], family, alpha)
         if p_adj is None:
             row["finding"] = f"not testable ({row['n']} paired seed{'s' if row['n'] != 1 else ''})"
         elif p_adj < alpha:

@@ -39,6 +39,7 @@ from autonorm.pipeline import archive  # noqa: E402
 from autonorm.pipeline.dg_table import render_dg  # noqa: E402
 from autonorm.pipeline.io import atomic_write_text  # noqa: E402
 from autonorm.pipeline.render import render_markdown  # noqa: E402
+from autonorm.pipeline.stats import family_pairs  # noqa: E402
 from autonorm.pipeline.table import build_report, measure_rows, run_checkpoint  # noqa: E402
 
 #: Published figures shown beside ours (never mixed into our rows): (heading, caption, header, rows).
@@ -159,6 +160,8 @@ def main() -> int:
     ap.add_argument("--reference", choices=sorted(REFERENCES), action="append", default=[],
                     help="published figures to show beside ours, labelled (repeatable)")
     ap.add_argument("--section", default=None, help="replace this marked section of --out instead of writing the whole file")
+    ap.add_argument("--family", action="append", default=None, metavar="A1,A2:B1,B2",
+                    help="planned comparisons: each row on the left against each row on the right (repeatable); default every pair")
     args = ap.parse_args()
     if not args.sweep.is_dir():
         print(f"sweep folder not found: {args.sweep}", file=sys.stderr)
@@ -167,7 +170,12 @@ def main() -> int:
         print(f"--checkpoints: folder not found: {args.checkpoints}", file=sys.stderr)
         return 1
     is_archive = (args.sweep / archive.EXPECTED_NAME).is_file()
-    report = build_report(args.sweep, measure=False)
+    try:
+        pairs = family_pairs(args.family) if args.family else None
+    except ValueError as exc:
+        print(f"--family: {exc}", file=sys.stderr)
+        return 2
+    report = build_report(args.sweep, measure=False, pairs=pairs)
     runs = report["runs"]
     latency_note: Optional[str] = None  # what the section says about latency, when not measured here as usual
     if args.no_latency:

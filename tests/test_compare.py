@@ -17,7 +17,7 @@ import yaml
 from autonorm.eval.profile import interleaved_latency
 from autonorm.pipeline import collect_runs, write_table
 from autonorm.pipeline.collect import MixedDataError, group_runs
-from autonorm.pipeline.stats import compare_methods, holm, needed_difference, paired_t, summary
+from autonorm.pipeline.stats import compare_methods, family_pairs, holm, needed_difference, paired_t, summary
 from autonorm.pipeline.table import build_report
 from conftest import md_row
 
@@ -213,6 +213,39 @@ def test_interleaved_latency_measures_every_model_with_fixed_threads() -> None:
     for m in res["models"].values():
         assert m["ms_per_sample"]["1"] > 0 and m["images_per_s"]["64"] == pytest.approx(1000.0 / m["ms_per_sample"]["64"])
     assert res["models"]["big"]["ms_per_sample"]["64"] > res["models"]["small"]["ms_per_sample"]["64"]
+
+
+def test_planned_family_tests_only_its_pairs_and_needs_a_smaller_difference() -> None:
+    assert family_pairs(["A,B:C,D", "D:A", "A:A"]) == [("A", "C"), ("A", "D"), ("B", "C"), ("B", "D")]
+    for bad in ("A,B", "A:B:C", ":B", "A,:"):
+        with pytest.raises(ValueError, match="A1,A2:B1,B2"):
+            family_pairs([bad])
+    rng = np.random.default_rng(0)
+    per_seed = {m: dict(enumerate(rng.normal(0.7, 0.01, size=3))) for m in "ABCDEFGH"}
+    everything = {(c["a"], c["b"]): c for c in compare_methods(per_seed)}
+    planned = compare_methods(per_seed, pairs=family_pairs(["A:B,C", "A:Z"]))
+    assert [(c["a"], c["b"]) for c in planned] == [("A", "B"), ("A", "C"), ("A", "Z")]
+    assert planned[2]["finding"] == "not testable (0 paired seeds)"  # a row the table lacks
+    assert planned[0]["p"] == everything[("A", "B")]["p"]  # the same test, a smaller family
+    assert planned[0]["needed"] < everything[("A", "B")]["needed"]
+    assert planned[0]["p_holm"] <= everything[("A", "B")]["p_holm"]
+    with pytest.raises(ValueError, match="either baseline or pairs"):
+        compare_methods(per_seed, baseline="A", pairs=[("A", "B")])
+
+
+def test_compare_command_with_a_planned_family(tmp_path: Path) -> None:
+    for seed in range(3):
+        for method, acc in (("LN-Finetune", 0.5), ("DyT-Finetune", 0.6), ("AFN-Finetune", 0.7)):
+            fake_run(tmp_path / "s" / f"{method}{seed}", method, seed, acc + 0.01 * seed * (method == "DyT-Finetune"))
+    run = [sys.executable, "-m", "autonorm.compare", str(tmp_path / "s"), "--no-latency"]
+    proc = subprocess.run([*run, "--family", "AFN-Finetune:LN-Finetune,DyT-Finetune"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "Planned comparisons only" in proc.stdout
+    tested = {tuple(c.strip() for c in line.strip("|").split("|")[:2]) for line in proc.stdout.splitlines() if line.startswith("| ")}
+    assert {("AFN-Finetune", "LN-Finetune"), ("AFN-Finetune", "DyT-Finetune")} <= tested
+    assert ("DyT-Finetune", "LN-Finetune") not in tested  # not planned: not tested
+    bad = subprocess.run([*run, "--family", "AFN-Finetune"], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert bad.returncode == 2 and "--family" in bad.stderr
 
 
 def test_compare_command(tmp_path: Path) -> None:

@@ -183,7 +183,8 @@ def _comparisons(report: dict[str, Any], title: str = "Paired comparisons of tes
         "Paired by seed (only seeds both rows have), two-sided paired t-test, 95% confidence interval of the "
         f"mean difference, p-values adjusted with Holm's method over all comparisons of a data set; a difference "
         f"is called a finding only when its adjusted p-value is below {alpha}. Differences in percentage points."
-        + (f" Every row against {report['baseline']}." if report.get("baseline") else " Every pair of rows.")
+        + (" Planned comparisons only (the pairs listed)." if report.get("pairs") is not None
+           else f" Every row against {report['baseline']}." if report.get("baseline") else " Every pair of rows.")
         + " Needed: the smallest difference (either sign) those seeds, with that pair's spread, could confirm"
         " over this family (Bonferroni's bound, t(1 − α/2m, n − 1) × sd/√n; a larger difference always passes):"
         " more seeds or fewer comparisons lower it."

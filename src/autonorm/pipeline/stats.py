@@ -6,8 +6,8 @@
   with the mean difference and its t confidence interval.
 * :func:`holm`: Holm's step-down adjustment of a family of p-values (Holm, 1979, "A simple
   sequentially rejective multiple test procedure").
-* :func:`compare_methods`: every pair of methods (or every method against one baseline), paired
-  by seed, Holm-adjusted over the family; a difference is a finding only when its adjusted
+* :func:`compare_methods`: every pair of methods (or every method against one baseline, or the
+  planned pairs of :func:`family_pairs`), paired by seed, Holm-adjusted over the family; a difference is a finding only when its adjusted
   p-value is below ``alpha``. Reusable by any table section: it takes ``{method: {seed: value}}``.
   Each comparison also says how large a difference its seeds could have confirmed
   (:func:`needed_difference`), so "no significant difference" reads with the design's power.
@@ -21,7 +21,7 @@ from typing import Any, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["compare_methods", "holm", "needed_difference", "paired_t", "summary"]
+__all__ = ["compare_methods", "family_pairs", "holm", "needed_difference", "paired_t", "summary"]
 
 
 def summary(values: Sequence[float]) -> Optional[dict[str, Any]]:
@@ -90,11 +90,31 @@ def needed_difference(se: Optional[float], n: int, family: int, alpha: float = 0
     return float(stats.t.ppf(1 - alpha / (2 * family), n - 1)) * float(se)
 
 
+def family_pairs(specs: Sequence[str]) -> list[tuple[str, str]]:
+    """Planned comparisons from ``"A1,A2:B1,B2"`` specs: every row on the left against every row
+    on the right, in that order, for each spec; a pair given twice (either way round) counts once.
+    Raises ValueError for a spec without exactly one ``:`` or with an empty side."""
+    pairs: list[tuple[str, str]] = []
+    seen: set[frozenset[str]] = set()
+    for spec in specs:
+        sides = spec.split(":")
+        names = [[n.strip() for n in side.split(",") if n.strip()] for side in sides]
+        if len(sides) != 2 or not all(names):
+            raise ValueError(f"a comparison family is 'A1,A2:B1,B2' (rows on the left against rows on the right), got {spec!r}")
+        for a in names[0]:
+            for b in names[1]:
+                if a != b and frozenset((a, b)) not in seen:
+                    seen.add(frozenset((a, b)))
+                    pairs.append((a, b))
+    return pairs
+
+
 def compare_methods(
     per_seed: Mapping[str, Mapping[Hashable, float]],
     baseline: Optional[str] = None,
     alpha: float = 0.05,
     confidence: float = 0.95,
+    pairs: Optional[Sequence[tuple[str, str]]] = None,
 ) -> list[dict[str, Any]]:
     """Paired-by-seed comparisons of methods with Holm's correction over all of them.
 
@@ -103,6 +123,9 @@ def compare_methods(
         baseline: compare every method to this one only (fewer tests); None: every pair.
         alpha: family-wise error rate for the wording.
         confidence: level of the interval of the mean difference.
+        pairs: planned comparisons ``(a, b)`` (:func:`family_pairs`) instead of every pair or the
+            baseline; a method missing from ``per_seed`` has no seeds (not testable). The fewer
+            the comparisons, the smaller the difference they can confirm.
 
     Returns one dict per pair ``(a, b)`` (a listed before b in ``per_seed``, or b the baseline):
     ``{"a", "b", "n", "seeds", "mean_diff", "se", "ci", "t", "p", "p_holm", "needed", "finding"}``
@@ -112,7 +135,11 @@ def compare_methods(
     passes).
     """
     names = list(per_seed)
-    if baseline is not None:
+    if pairs is not None:
+        if baseline is not None:
+            raise ValueError("give either baseline or pairs, not both")
+        pairs = list(pairs)
+    elif baseline is not None:
         if baseline not in per_seed:
             raise KeyError(f"baseline {baseline!r} is not one of {names}")
         pairs = [(m, baseline) for m in names if m != baseline]
@@ -120,8 +147,9 @@ def compare_methods(
         pairs = list(combinations(names, 2))
     out = []
     for a, b in pairs:
-        seeds = sorted(set(per_seed[a]) & set(per_seed[b]), key=lambda s: (str(type(s)), s))
-        res = paired_t([per_seed[a][s] for s in seeds], [per_seed[b][s] for s in seeds], confidence)
+        va, vb = per_seed.get(a, {}), per_seed.get(b, {})
+        seeds = sorted(set(va) & set(vb), key=lambda s: (str(type(s)), s))
+        res = paired_t([va[s] for s in seeds], [vb[s] for s in seeds], confidence)
         out.append({"a": a, "b": b, "seeds": seeds, **res})
     family = sum(r["p"] is not None for r in out)
     for row, p_adj in zip(out, holm([r["p"] for r in out])):

@@ -221,6 +221,7 @@ def build_report(
     mce_baseline: str = MCE_BASELINE,
     alpha: float = 0.05,
     split_code: bool = True,
+    pairs: Optional[Sequence[tuple[str, str]]] = None,
     latency: Optional[dict[str, Any]] = None,
     measure: bool = False,
     latency_batch_sizes: Sequence[int] = (1, 256),
@@ -236,6 +237,11 @@ def build_report(
     comparisons = {}
     for data in data_sets:
         per_seed = {r["label"]: _per_seed(r, "test_acc") for r in rows if str(r["data"]) == data and r["stats"]["n"]}
+        if pairs is not None:
+            planned = [(a, b) for a, b in pairs if a in per_seed or b in per_seed]
+            if planned:
+                comparisons[data] = compare_methods(per_seed, alpha=alpha, pairs=planned)
+            continue
         base = baseline if baseline in per_seed else None
         if len(per_seed) >= 2 and (baseline is None or base is not None):
             comparisons[data] = compare_methods(per_seed, baseline=base, alpha=alpha)
@@ -249,6 +255,7 @@ def build_report(
         "data_sets": data_sets,
         "comparisons": comparisons,
         "baseline": baseline,
+        "pairs": [list(p) for p in pairs] if pairs is not None else None,
         "alpha": alpha,
         "split_code": split_code,
         "corruptions": corruption_section(rows, mce_baseline),
@@ -265,6 +272,7 @@ def write_table(
     mce_baseline: str = MCE_BASELINE,
     alpha: float = 0.05,
     split_code: bool = True,
+    pairs: Optional[Sequence[tuple[str, str]]] = None,
     measure_latency: bool = True,
     latency_batch_sizes: Sequence[int] = (1, 256),
     threads: Optional[int] = None,
@@ -278,6 +286,8 @@ def write_table(
         method_order: rows of these methods first, in this order.
         allow_mixed: accept runs of several data sets (else :class:`MixedDataError`).
         baseline: compare every row to this row label only (else every pair of rows).
+        pairs: planned comparisons ``(row A, row B)`` instead (see
+            :func:`autonorm.pipeline.stats.family_pairs`); per data set, the pairs with a row in it.
         mce_baseline: the row CIFAR-10-C's mCE is relative to.
         alpha: family-wise error rate of the comparisons (Holm).
         split_code: separate rows for runs of one configuration made by different code (source
@@ -292,7 +302,7 @@ def write_table(
         raise ValueError("no run or sweep folder given")
     report = build_report(
         *folders, method_order=method_order, allow_mixed=allow_mixed, baseline=baseline, mce_baseline=mce_baseline,
-        alpha=alpha, split_code=split_code, measure=measure_latency, latency_batch_sizes=latency_batch_sizes, threads=threads, rounds=rounds,
+        alpha=alpha, split_code=split_code, pairs=pairs, measure=measure_latency, latency_batch_sizes=latency_batch_sizes, threads=threads, rounds=rounds,
     )
     out = Path(out_dir) if out_dir is not None else Path(folders[0])
     out.mkdir(parents=True, exist_ok=True)

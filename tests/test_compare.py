@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import yaml
 from autonorm.eval.profile import interleaved_latency
 from autonorm.pipeline import collect_runs, write_table
 from autonorm.pipeline.collect import MixedDataError, group_runs
+from autonorm.pipeline.render import render_markdown
 from autonorm.pipeline.stats import compare_methods, family_pairs, holm, needed_difference, paired_t, summary
 from autonorm.pipeline.table import build_report
 from conftest import md_row
@@ -204,7 +206,7 @@ def test_cifar10c_section_needs_the_same_complete_cells(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ latency and the command
 
 
-def test_interleaved_latency_measures_every_model_with_fixed_threads() -> None:
+def test_interleaved_latency_measures_every_model_with_fixed_threads(tmp_path: Path) -> None:
     small = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     big = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2048), torch.nn.Linear(2048, 10))
     before = torch.get_num_threads()
@@ -213,6 +215,10 @@ def test_interleaved_latency_measures_every_model_with_fixed_threads() -> None:
     for m in res["models"].values():
         assert m["ms_per_sample"]["1"] > 0 and m["images_per_s"]["64"] == pytest.approx(1000.0 / m["ms_per_sample"]["64"])
     assert res["models"]["big"]["ms_per_sample"]["64"] > res["models"]["small"]["ms_per_sample"]["64"]
+    assert res["omp_wait_policy"] == os.environ.get("OMP_WAIT_POLICY")  # it changes the figures: always recorded
+    fake_run(tmp_path / "r", "LN-Finetune", 0, 0.5)
+    for policy, words in (("passive", "OMP_WAIT_POLICY=passive"), (None, "OMP_WAIT_POLICY unset (the OpenMP default)")):
+        assert words in render_markdown(build_report(tmp_path, latency={**res, "omp_wait_policy": policy}))
 
 
 def test_planned_family_tests_only_its_pairs_and_needs_a_smaller_difference() -> None:

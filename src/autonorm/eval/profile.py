@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import statistics
 import time
 import warnings
@@ -260,8 +261,8 @@ def measure_latency(
     effect is recorded either way. CPU timings are sensitive to other processes on the machine.
 
     Returns ``{"ms_per_sample": {"<bs>": float}, "ms_per_batch": {"<bs>": float},
-    "threads": torch.get_num_threads(), "device": str, "warmup": int, "iters": int}``
-    (medians; string batch-size keys for JSON).
+    "threads": torch.get_num_threads(), "device": str, "warmup": int, "iters": int,
+    "omp_wait_policy": str | None}`` (medians; string batch-size keys for JSON).
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
@@ -311,6 +312,7 @@ def measure_latency(
         "device": f"{dev} ({name})",
         "warmup": int(warmup),
         "iters": int(iters),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # None: the OpenMP default (see interleaved_latency)
     }
 
 
@@ -388,9 +390,12 @@ def interleaved_latency(
     each model's figure is the median over rounds of the per-forward time.
 
     Returns ``{"models": {name: {"ms_per_sample": {"<bs>": float}, "images_per_s": {"<bs>":
-    float}}}, "threads", "rounds", "warmup", "batch_sizes", "device"}``: ``ms_per_sample`` is the
-    median forward time divided by the batch size (at batch 1: the latency of one image),
-    ``images_per_s`` its inverse.
+    float}}}, "threads", "rounds", "warmup", "batch_sizes", "device", "omp_wait_policy"}``:
+    ``ms_per_sample`` is the median forward time divided by the batch size (at batch 1: the
+    latency of one image), ``images_per_s`` its inverse; ``omp_wait_policy`` is the process's
+    ``OMP_WAIT_POLICY`` (None: the OpenMP default), which changes these figures and their ratios:
+    with ``passive`` every parallel region wakes sleeping threads, which costs most where a model
+    runs many small operations (batch 1, the adaptive norms).
     """
     from torch.utils.benchmark import Timer
 
@@ -429,4 +434,5 @@ def interleaved_latency(
         for n in names:
             models[n].train(states[n])
     return {"models": result, "threads": threads, "rounds": int(rounds), "warmup": int(warmup),
-            "batch_sizes": [int(b) for b in batch_sizes], "device": "cpu"}
+            "batch_sizes": [int(b) for b in batch_sizes], "device": "cpu",
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}

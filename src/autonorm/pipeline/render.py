@@ -149,7 +149,8 @@ def render_markdown(report: dict[str, Any]) -> str:
                 lines.append(
                     f"Latency and throughput: every row's model (its first seed's best checkpoint) measured together "
                     f"when this table was built, in one process on the CPU, {lat['threads']} torch thread(s), eval mode, "
-                    f"{lat['warmup']} warm-up forwards, {lat['rounds']} rounds in rotating order, median over rounds."
+                    f"{lat['warmup']} warm-up forwards, {lat['rounds']} rounds in rotating order, median over rounds, "
+                    f"{omp_policy(lat.get('omp_wait_policy', 'unrecorded'))}."
                 )
             for label, why in (lat.get("skipped") or {}).items():
                 lines.append(f"- {label}: not measured ({why}).")
@@ -172,6 +173,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"- `{j}`" for j in nr["jobs"]] or ["None."]
         lines.append("")
     return "\n".join(lines)
+
+
+def omp_policy(value: Optional[str]) -> str:
+    """How a measurement's ``OMP_WAIT_POLICY`` reads: it changes latency figures and their ratios
+    (README, Performance), so every latency figure names it."""
+    if value == "unrecorded":
+        return "OMP_WAIT_POLICY not recorded"
+    return f"OMP_WAIT_POLICY={value}" if value else "OMP_WAIT_POLICY unset (the OpenMP default)"
 
 
 def _comparisons(report: dict[str, Any], title: str = "Paired comparisons of test accuracy") -> list[str]:

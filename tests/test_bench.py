@@ -208,3 +208,9 @@ def test_derf_is_measured_on_request_as_an_informational_figure(bench, tmp_path)
     assert all(r["informational"] for k, r in derf.items() if not k.startswith("throughput"))
     assert "no target" in derf["train_step/tiny_test/derf"]["note"]
     assert not any(k.startswith("auto_vs_best") for k in data["ratios"])  # one path only: nothing to choose
+
+
+def test_the_wait_policy_is_passive_unless_set_or_left_to_openmp(bench) -> None:
+    assert bench.omp_wait_policy(["bench.py"], {}) == "passive"
+    assert bench.omp_wait_policy(["bench.py", "--omp-default"], {}) is None
+    assert bench.omp_wait_policy(["bench.py", "--omp-default"], {"OMP_WAIT_POLICY": "active"}) == "active"

@@ -19,7 +19,7 @@ from autonorm.eval.profile import interleaved_latency
 from autonorm.pipeline import collect_runs, write_table
 from autonorm.pipeline.collect import MixedDataError, group_runs
 from autonorm.pipeline.render import render_markdown
-from autonorm.pipeline.stats import compare_methods, family_pairs, holm, needed_difference, paired_t, summary
+from autonorm.pipeline.stats import compare_methods, family_pairs, holm, needed_difference, paired_t, planning, seeds_needed, summary
 from autonorm.pipeline.table import build_report
 from conftest import md_row
 
@@ -107,6 +107,14 @@ def test_a_difference_above_the_needed_one_always_passes(seed: int) -> None:
             assert c["finding"] in ("a > b", "a < b")
     sd = 0.01
     assert needed_difference(sd / np.sqrt(10), 10, 10) < needed_difference(sd / np.sqrt(3), 3, 10)
+    # the seeds a 1-point difference needs: the first n whose needed difference is below it
+    n = seeds_needed(sd, 0.01, 19)
+    assert needed_difference(sd / np.sqrt(n), n, 19) < 0.01 <= needed_difference(sd / np.sqrt(n - 1), n - 1, 19)
+    assert seeds_needed(sd, 0.01, 1) < n < seeds_needed(sd, 0.005, 19)
+    plan = planning(comps, difference=0.01)
+    sds = sorted(c["se"] * np.sqrt(c["n"]) for c in comps)
+    assert plan["tests"] == len(comps) == 10 and plan["sd"] == pytest.approx(sds[5])
+    assert plan["seeds"] == seeds_needed(sds[5], 0.01, 10)
     assert needed_difference(0.01, 3, 1) < needed_difference(0.01, 3, 100)
 
 

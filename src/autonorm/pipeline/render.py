@@ -175,6 +175,19 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _power_line(comps: list[dict[str, Any]], alpha: float) -> str:
+    """What it would take (:func:`~autonorm.pipeline.stats.planning`): the seeds per row that would
+    confirm a 1-point difference at the median spread of these pairs, over this family."""
+    from .stats import planning
+
+    plan = planning(comps, alpha)
+    if plan is None:
+        return ""
+    need = f"about {plan['seeds']} seeds per row" if plan["seeds"] is not None else "more than 1000 seeds per row"
+    return (f" At the median spread of these pairs' differences (sd {100 * plan['sd']:.2f} pp), confirming a "
+            f"{100 * plan['difference']:g}-point difference over these {plan['tests']} tests would take {need}.")
+
+
 def omp_policy(value: Optional[str]) -> str:
     """How a measurement's ``OMP_WAIT_POLICY`` reads: it changes latency figures and their ratios
     (README, Performance), so every latency figure names it."""
@@ -201,7 +214,7 @@ def _comparisons(report: dict[str, Any], title: str = "Paired comparisons of tes
     lines.append("")
     for data, comps in report["comparisons"].items():
         found = [c for c in comps if c["finding"] in ("a > b", "a < b")]
-        lines.append(f"**{data}**: {len(found)} of {len(comps)} comparisons pass.")
+        lines.append(f"**{data}**: {len(found)} of {len(comps)} comparisons pass." + _power_line(comps, alpha))
         lines.append("")
         body = []
         for c in comps:

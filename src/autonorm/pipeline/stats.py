@@ -21,7 +21,7 @@ from typing import Any, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ["compare_methods", "family_pairs", "holm", "needed_difference", "paired_t", "summary"]
+__all__ = ["compare_methods", "family_pairs", "holm", "needed_difference", "paired_t", "planning", "seeds_needed", "summary"]
 
 
 def summary(values: Sequence[float]) -> Optional[dict[str, Any]]:
@@ -88,6 +88,33 @@ def needed_difference(se: Optional[float], n: int, family: int, alpha: float = 0
     if se is None or n < 2 or family < 1:
         return None
     return float(stats.t.ppf(1 - alpha / (2 * family), n - 1)) * float(se)
+
+
+def seeds_needed(sd: float, difference: float, family: int, alpha: float = 0.05, most: int = 1000) -> Optional[int]:
+    """How many paired seeds a comparison needs before a true ``difference`` (same unit as ``sd``,
+    the standard deviation of the paired differences) clears :func:`needed_difference` over a
+    family of ``family`` tests: the smallest n >= 2 with ``t(1 - alpha / 2 family, n - 1) * sd /
+    sqrt(n) < |difference|``. A planning figure (the observed mean difference would have to come
+    out at the true one); None when more than ``most`` would be needed."""
+    if sd <= 0:
+        return 2
+    for n in range(2, most + 1):
+        needed = needed_difference(sd / math.sqrt(n), n, family, alpha)
+        if needed is not None and needed < abs(difference):
+            return n
+    return None
+
+
+def planning(comparisons: Sequence[Mapping[str, Any]], alpha: float = 0.05, difference: float = 0.01) -> Optional[dict[str, Any]]:
+    """For a family of :func:`compare_methods` results: the median standard deviation of the
+    testable pairs' differences and the seeds per row (:func:`seeds_needed`) that would confirm a
+    true ``difference`` at that spread over this many tests. ``{"sd", "tests", "difference",
+    "seeds"}``, or None when no pair is testable."""
+    sds = sorted(float(c["se"]) * math.sqrt(int(c["n"])) for c in comparisons if c.get("se") is not None)
+    if not sds:
+        return None
+    sd = sds[len(sds) // 2]
+    return {"sd": sd, "tests": len(sds), "difference": difference, "seeds": seeds_needed(sd, difference, len(sds), alpha)}
 
 
 def family_pairs(specs: Sequence[str]) -> list[tuple[str, str]]:

@@ -27,15 +27,14 @@ def _image_shape(model: nn.Module) -> tuple[int, int]:
 
 def summary_lines(model: nn.Module) -> list[str]:
     """The summary of ``model`` as lines of text (see the module docstring)."""
-    from autonorm.eval.profile import count_flops
+    from autonorm.eval.profile import count_flops, count_params
 
     rows = [("module", "type", "params", "trainable")]
     for name, child in model.named_children():
-        params = list(child.parameters())
-        rows.append((name, type(child).__name__, si(sum(p.numel() for p in params)),
-                     si(sum(p.numel() for p in params if p.requires_grad))))
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        counts = count_params(child)
+        rows.append((name, type(child).__name__, si(counts["total"]), si(counts["trainable"])))
+    counts = count_params(model)
+    total, trainable = counts["total"], counts["trainable"]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     flops: Optional[dict[str, Any]] = None

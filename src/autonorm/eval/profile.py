@@ -242,6 +242,12 @@ def count_params(model: nn.Module) -> dict[str, int]:
     }
 
 
+def wait_policy() -> Optional[str]:
+    """This process's ``OMP_WAIT_POLICY`` (None: the OpenMP default), recorded with every latency
+    figure because it changes them and their ratios (see :func:`interleaved_latency`)."""
+    return os.environ.get("OMP_WAIT_POLICY")
+
+
 def measure_latency(
     model: nn.Module,
     batch_sizes: Sequence[int] = (1, 256),
@@ -312,7 +318,7 @@ def measure_latency(
         "device": f"{dev} ({name})",
         "warmup": int(warmup),
         "iters": int(iters),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # None: the OpenMP default (see interleaved_latency)
+        "omp_wait_policy": wait_policy(),
     }
 
 
@@ -435,4 +441,4 @@ def interleaved_latency(
             models[n].train(states[n])
     return {"models": result, "threads": threads, "rounds": int(rounds), "warmup": int(warmup),
             "batch_sizes": [int(b) for b in batch_sizes], "device": "cpu",
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+            "omp_wait_policy": wait_policy()}

@@ -16,7 +16,9 @@ A committed archive (``docs/results/<table>/``, written by ``scripts/collect_res
 works as well: the section then opens with the archive's coverage (which expected jobs are
 missing); latency is measured only when the run folders keep checkpoints (an archive does not),
 or with ``--checkpoints SWEEP_DIR``: the sweep folder the archive was collected from, whose run
-folders (same relative paths, the same ``identity.json``) still hold their checkpoints. ``--reference`` adds
+folders (same relative paths, the same ``identity.json``) still hold their checkpoints. That
+measurement is kept in the archive (``latency.json``, with its machine and time) and shown again
+by every later rebuild, for the rows whose measured run is still archived unchanged. ``--reference`` adds
 published figures beside ours, labelled as such (:data:`REFERENCES`). ``--section NAME`` replaces
 the text between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in ``--out`` (added at
 the end when absent), so one page holds several generated sections.
@@ -125,12 +127,15 @@ def replace_section(page: str, name: str, text: str) -> str:
     return page.rstrip("\n") + ("\n\n" if page.strip() else "") + block + "\n"
 
 
-def twin_checkpoints(rows: list[dict], archive_dir: Path, sweep_dir: Path) -> tuple[Callable[[dict], Optional[Path]], dict[str, str]]:
+def twin_checkpoints(rows: list[dict], archive_dir: Path, sweep_dir: Path
+                     ) -> tuple[Callable[[dict], Optional[Path]], dict[str, str], dict[str, Path]]:
     """For ``measure_rows(checkpoint=...)``: each row's checkpoint, found on the twin of one of its
     archived runs under ``sweep_dir`` (the same path relative to ``archive_dir`` and the same
-    ``identity.json``; :func:`run_checkpoint` of the twin), and ``{run folder: reason}`` for the
-    runs without such a twin."""
+    ``identity.json``; :func:`run_checkpoint` of the twin); ``{run folder: reason}`` for the
+    runs without such a twin; and ``{row key: archived run folder}`` of the runs whose twins were
+    chosen (for :func:`autonorm.pipeline.archive.save_latency`)."""
     found: dict[str, Path] = {}
+    chosen: dict[str, Path] = {}
     missing: dict[str, str] = {}
     for row in rows:
         for r in row["runs"]:
@@ -143,9 +148,9 @@ def twin_checkpoints(rows: list[dict], archive_dir: Path, sweep_dir: Path) -> tu
                 missing[str(rel)] = "another run there (identity.json differs)" if theirs.is_file() else "not there"
             elif (path := run_checkpoint(twin, r["results"].get("best_checkpoint"))) is None:
                 missing[str(rel)] = "no checkpoints there"
-            else:
-                found.setdefault(row["key"], path)
-    return (lambda row: found.get(row["key"])), missing
+            elif row["key"] not in found:
+                found[row["key"]], chosen[row["key"]] = path, Path(r["run_dir"])
+    return (lambda row: found.get(row["key"])), missing, chosen
 
 
 def main() -> int:
@@ -181,12 +186,22 @@ def main() -> int:
     if args.no_latency:
         latency_note = "not measured (`--no-latency`)."
     elif args.checkpoints is not None:
-        lookup, missing = twin_checkpoints(report["rows"], args.sweep, args.checkpoints)
+        lookup, missing, chosen = twin_checkpoints(report["rows"], args.sweep, args.checkpoints)
         for rel, why in sorted(missing.items()):
             print(f"no checkpoint for {rel}: {why}", file=sys.stderr)
         report["latency"] = measure_rows(report["rows"], threads=args.threads, checkpoint=lookup)
         latency_note = (f"every row's model measured together now (interleaved rounds), from the checkpoints of the runs in `{args.checkpoints}`"
-                        + (f"; {len(missing)} run(s) had none there." if missing else "."))  # fmt: skip
+                        + (f"; {len(missing)} run(s) had none there" if missing else ""))  # fmt: skip
+        if is_archive:
+            kept = archive.save_latency(args.sweep, report["latency"], {k: v for k, v in chosen.items() if k in (report["latency"].get("models") or {})})
+            report["latency"] = archive.load_latency(args.sweep, report["rows"])  # what a rebuild from the archive shows
+            latency_note += f"; kept in `{kept.name}` beside the runs, so a rebuild from the archive shows the same figures."
+        else:
+            latency_note += "."
+    elif (kept_latency := archive.load_latency(args.sweep, report["rows"])) is not None:
+        report["latency"] = kept_latency
+        latency_note = (f"measured on {kept_latency['measured_at']} from the checkpoints of the sweep this archive was collected "
+                        f"from, kept in `{archive.LATENCY_NAME}` (re-measure with `--checkpoints SWEEP_DIR`).")
     elif any((Path(r["run_dir"]) / "checkpoints").is_dir() for r in runs):
         report["latency"] = measure_rows(report["rows"], threads=args.threads)
     else:

@@ -301,10 +301,53 @@ def test_results_doc_finds_an_archived_runs_checkpoints_in_the_sweep_it_came_fro
         {"key": "t", "label": "Teacher", "runs": [run("teacher", "no checkpoints", best=str(cached))]},
         {"key": "g", "label": "Gone", "runs": [run("gone", "absent")]},
     ]
-    lookup, missing = results_doc.twin_checkpoints(rows, arch, sweep)
+    lookup, missing, chosen = results_doc.twin_checkpoints(rows, arch, sweep)
     assert lookup(rows[0]) == sweep / "same" / "checkpoints" / "last.ckpt"  # the first run with a twin that has one
     assert lookup(rows[1]) == cached and lookup(rows[2]) is None
+    assert chosen == {"a": arch / "same", "t": arch / "teacher"}
     assert missing == {"other": "another run there (identity.json differs)", "bare": "no checkpoints there", "gone": "not there"}
     proc = subprocess.run([sys.executable, "scripts/results_doc.py", str(arch), "--out", str(tmp_path / "r.md"), "--checkpoints", str(tmp_path / "nowhere")],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "--checkpoints: folder not found" in proc.stderr
+
+
+def test_a_latency_measurement_is_kept_in_the_archive_for_the_runs_it_measured(tmp_path):
+    """``--checkpoints`` measures where the sweep folder is; the archive keeps that measurement
+    (machine, time, which run) and a rebuild from the archive alone shows it, except for a row
+    whose measured run has since been replaced."""
+    from autonorm.pipeline.collect import collect_runs, group_runs
+
+    jobs = [["experiment=fast_mnist", "sweep=dg", f"+dg={v}", "seed=0"] for v in ("LN", "DyT")]
+    made = [_identity_run(tmp_path / "sweep", job, 0.9) for job in jobs]
+    dest = tmp_path / "archive"
+    archive.collect(tmp_path / "sweep", dest)
+    assert archive.load_latency(dest, []) is None  # nothing kept yet
+    rows = group_runs(collect_runs(dest))
+    by_method = {r["method"]: r for r in rows}
+    latency = {"models": {r["key"]: {"ms_per_sample": {"1": 1.5 + i, "256": 0.05}, "images_per_s": {"1": 600.0, "256": 20000.0 + i}}
+                          for i, r in enumerate(rows)},
+               "threads": 2, "rounds": 7, "warmup": 3, "batch_sizes": [1, 256], "device": "cpu", "omp_wait_policy": None, "skipped": {}}
+    archive.save_latency(dest, latency, {r["key"]: r["runs"][0]["run_dir"] for r in rows})
+    kept = archive.load_latency(dest, rows)
+    assert kept["models"] == latency["models"] and kept["skipped"] == {} and kept["measured_at"].endswith("UTC")
+    assert kept["machine"] and json.loads((dest / "latency.json").read_text())["runs"][by_method["LN"]["key"]]["run"] == made[0][0].name
+
+    # a rebuild of the page from the archive alone shows the kept figures and says where they come from
+    page = tmp_path / "r.md"
+    proc = subprocess.run([sys.executable, "scripts/results_doc.py", str(dest), "--out", str(page)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = page.read_text()
+    assert f"measured on {kept['measured_at']}" in text and "kept in `latency.json`" in text
+    assert "| 1.5 | 20,000 |" in text and "| 2.5 | 20,001 |" in text
+
+    # the LN run is replaced by another run of the same job (here: its identity changes): its figure no longer holds
+    ident = made[0][0] / "identity.json"
+    ident.write_text(ident.read_text().replace("{", '{"note": "rerun", ', 1))
+    archive.collect(tmp_path / "sweep", dest)
+    kept = archive.load_latency(dest, group_runs(collect_runs(dest)))
+    assert set(kept["models"]) == {by_method["DyT"]["key"]}
+    assert "no longer archived as it was measured" in kept["skipped"]["LN"]
+    (dest / "latency.json").write_text("{broken")
+    with pytest.raises(ValueError, match="latency.json: unreadable latency record"):
+        archive.load_latency(dest, rows)

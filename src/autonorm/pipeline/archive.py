@@ -16,13 +16,22 @@ from the committed results. Checkpoints are never archived. The run folders carr
 hash) equal the new job's (:func:`autonorm.pipeline.runfolder.plan_run`); after a code change the
 job is refused with the difference named, and :func:`other_code` lists such runs beforehand. Jobs
 are matched by their Hydra overrides (``.hydra/overrides.yaml``), whatever their folder names.
+
+An archive keeps no checkpoints, so its rows' latency can only be measured where the sweep folder
+still is. :func:`save_latency` keeps such a measurement in ``archive_dir/latency.json`` with its
+machine and time and, per row, the archived run whose checkpoint was measured (folder and a digest
+of its ``identity.json``); :func:`load_latency` gives it back for the rows whose measured run is
+still archived unchanged, so the table is rebuilt from the repository alone, latency included, and
+a row whose run was replaced (other code, another config) gets no figure.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
@@ -30,13 +39,16 @@ from .io import COMPLETED, atomic_write_json, atomic_write_text
 
 __all__ = [
     "EXPECTED_NAME",
+    "LATENCY_NAME",
     "RUN_FILES",
     "collect",
     "coverage",
     "expected_jobs",
+    "load_latency",
     "other_code",
     "render_coverage",
     "restore",
+    "save_latency",
     "write_archive_table",
 ]
 
@@ -46,6 +58,7 @@ RUN_FILES: tuple[str, ...] = (
     "time_to_accuracy.csv", COMPLETED, ".hydra/overrides.yaml",
 )
 EXPECTED_NAME = "expected_jobs.json"
+LATENCY_NAME = "latency.json"
 _SKIP = frozenset({"checkpoints", "wandb", "__pycache__"})
 
 
@@ -237,3 +250,61 @@ def write_archive_table(archive_dir: str | os.PathLike[str]) -> Path:
     md = paths.md.read_text(encoding="utf-8")
     atomic_write_text(paths.md, render_coverage(archive_dir) + "\n" + md)
     return paths.md
+
+
+def _identity_digest(run: Path) -> Optional[str]:
+    try:
+        return hashlib.sha256((run / "identity.json").read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def save_latency(archive_dir: str | os.PathLike[str], latency: dict[str, Any], measured: dict[str, str | os.PathLike[str]]) -> Path:
+    """Keep ``latency`` (:func:`autonorm.pipeline.table.measure_rows` of the archive's rows) in
+    ``archive_dir/latency.json``, with the machine, the UTC time and, per row key in ``measured``,
+    the archived run folder whose checkpoint was measured (and the digest of its ``identity.json``)."""
+    from autonorm.eval.machine import machine_info
+
+    archive = Path(archive_dir)
+    runs = {}
+    for key, run in measured.items():
+        run = Path(run)
+        runs[key] = {"run": str(run.resolve().relative_to(archive.resolve())), "identity_sha256": _identity_digest(run)}
+    record = {"measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),
+              "latency": latency, "runs": runs}
+    atomic_write_json(archive / LATENCY_NAME, record)
+    return archive / LATENCY_NAME
+
+
+def load_latency(archive_dir: str | os.PathLike[str], rows: Iterable[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The measurement kept by :func:`save_latency` for ``rows`` (the table's rows, with their
+    ``key`` and ``label``): ``measure_rows``'s dict holding only the rows whose measured run is still
+    in the archive with the same ``identity.json``, plus ``measured_at`` and ``machine`` (the CPU
+    model); rows whose figure no longer holds are listed in ``"skipped"``. None when the archive
+    keeps no measurement."""
+    archive = Path(archive_dir)
+    try:
+        record = json.loads((archive / LATENCY_NAME).read_text(encoding="utf-8"))
+        latency, runs = dict(record["latency"]), record["runs"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{archive / LATENCY_NAME}: unreadable latency record ({type(exc).__name__}: {exc})") from exc
+    rows = list(rows)
+    labels = {row["label"] for row in rows}
+    models = {}
+    skipped = {label: why for label, why in (latency.get("skipped") or {}).items() if label in labels}
+    for row in rows:
+        key, info = row["key"], runs.get(row["key"])
+        if info is None or key not in (latency.get("models") or {}):
+            continue
+        digest = _identity_digest(archive / info["run"])
+        if digest is None or digest != info.get("identity_sha256"):
+            skipped[row["label"]] = f"the measured run {info['run']} is no longer archived as it was measured"
+            continue
+        models[key] = latency["models"][key]
+    latency["models"] = models
+    latency["skipped"] = skipped
+    latency["measured_at"] = record.get("measured_at")
+    latency["machine"] = (record.get("machine") or {}).get("cpu_model")
+    return latency

@@ -147,8 +147,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         if lat:
             if lat.get("models") is not None:
                 lines.append(
-                    f"Latency and throughput: every row's model (its first seed's best checkpoint) measured together "
-                    f"when this table was built, in one process on the CPU, {lat['threads']} torch thread(s), eval mode, "
+                    "Latency and throughput: every row's model (its first seed's best checkpoint) measured together "
+                    + (f"on {lat['measured_at']} ({lat.get('machine') or 'machine not recorded'})" if lat.get("measured_at")
+                       else "when this table was built")
+                    + f", in one process on the CPU, {lat['threads']} torch thread(s), eval mode, "
                     f"{lat['warmup']} warm-up forwards, {lat['rounds']} rounds in rotating order, median over rounds, "
                     f"{omp_policy(lat.get('omp_wait_policy', 'unrecorded'))}."
                 )

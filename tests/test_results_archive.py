@@ -340,6 +340,7 @@ def test_a_latency_measurement_is_kept_in_the_archive_for_the_runs_it_measured(t
     text = page.read_text()
     assert f"measured on {kept['measured_at']}" in text and "kept in `latency.json`" in text
     assert "| 1.5 | 20,000 |" in text and "| 2.5 | 20,001 |" in text
+    assert "| 1.5 | 20,000 |" in archive.write_archive_table(dest).read_text()  # the archive's own table too
 
     # the LN run is replaced by another run of the same job (here: its identity changes): its figure no longer holds
     ident = made[0][0] / "identity.json"

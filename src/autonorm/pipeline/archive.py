@@ -242,11 +242,12 @@ def render_coverage(archive_dir: str | os.PathLike[str]) -> str:
 
 
 def write_archive_table(archive_dir: str | os.PathLike[str]) -> Path:
-    """The table of the archive (:func:`autonorm.pipeline.table.write_table`) headed by its coverage
-    (no latency columns: an archive keeps no checkpoints to measure)."""
+    """The table of the archive (:func:`autonorm.pipeline.table.write_table`) headed by its coverage;
+    latency columns only from a kept measurement (:func:`load_latency`): an archive keeps no
+    checkpoints to measure."""
     from .table import write_table
 
-    paths = write_table(archive_dir, measure_latency=False)
+    paths = write_table(archive_dir, measure_latency=False, latency=lambda rows: load_latency(archive_dir, rows))
     md = paths.md.read_text(encoding="utf-8")
     atomic_write_text(paths.md, render_coverage(archive_dir) + "\n" + md)
     return paths.md

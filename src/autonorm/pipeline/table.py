@@ -222,7 +222,7 @@ def build_report(
     alpha: float = 0.05,
     split_code: bool = True,
     pairs: Optional[Sequence[tuple[str, str]]] = None,
-    latency: Optional[dict[str, Any]] = None,
+    latency: Optional[dict[str, Any] | Callable[[list[dict[str, Any]]], Optional[dict[str, Any]]]] = None,
     measure: bool = False,
     latency_batch_sizes: Sequence[int] = (1, 256),
     threads: Optional[int] = None,
@@ -245,6 +245,8 @@ def build_report(
         base = baseline if baseline in per_seed else None
         if len(per_seed) >= 2 and (baseline is None or base is not None):
             comparisons[data] = compare_methods(per_seed, baseline=base, alpha=alpha)
+    if callable(latency):  # figures kept elsewhere, chosen for these rows (e.g. an archive's latency.json)
+        latency = latency(rows)
     if latency is None and measure:
         latency = measure_rows(rows, latency_batch_sizes, threads, rounds)
     return {
@@ -277,6 +279,7 @@ def write_table(
     latency_batch_sizes: Sequence[int] = (1, 256),
     threads: Optional[int] = None,
     rounds: int = 7,
+    latency: Optional[dict[str, Any] | Callable[[list[dict[str, Any]]], Optional[dict[str, Any]]]] = None,
 ) -> TablePaths:
     """Collect the runs under ``folders`` and write summary_results.{csv,md,png} into ``out_dir``
     (default: the first folder), each atomically. Returns their paths.
@@ -295,6 +298,8 @@ def write_table(
         measure_latency: measure every row's model for latency and throughput now, together.
         latency_batch_sizes, threads, rounds: that measurement's batch sizes (first: latency,
             last: throughput), torch threads (default: the current count) and rounds.
+        latency: figures measured before, instead of measuring (a dict as
+            :func:`measure_rows` returns, or a function of the rows returning one or None).
 
     Raises FileNotFoundError for a missing folder and MixedDataError (see ``allow_mixed``).
     """
@@ -302,7 +307,8 @@ def write_table(
         raise ValueError("no run or sweep folder given")
     report = build_report(
         *folders, method_order=method_order, allow_mixed=allow_mixed, baseline=baseline, mce_baseline=mce_baseline,
-        alpha=alpha, split_code=split_code, pairs=pairs, measure=measure_latency, latency_batch_sizes=latency_batch_sizes, threads=threads, rounds=rounds,
+        alpha=alpha, split_code=split_code, pairs=pairs, latency=latency, measure=measure_latency, latency_batch_sizes=latency_batch_sizes,
+        threads=threads, rounds=rounds,
     )
     out = Path(out_dir) if out_dir is not None else Path(folders[0])
     out.mkdir(parents=True, exist_ok=True)

@@ -193,7 +193,7 @@ def main() -> int:
         latency_note = (f"every row's model measured together now (interleaved rounds), from the checkpoints of the runs in `{args.checkpoints}`"
                         + (f"; {len(missing)} run(s) had none there" if missing else ""))  # fmt: skip
         if is_archive:
-            kept = archive.save_latency(args.sweep, report["latency"], {k: v for k, v in chosen.items() if k in (report["latency"].get("models") or {})})
+            kept = archive.save_latency(args.sweep, report["latency"], chosen)
             report["latency"] = archive.load_latency(args.sweep, report["rows"])  # what a rebuild from the archive shows
             latency_note += f"; kept in `{kept.name}` beside the runs, so a rebuild from the archive shows the same figures."
         else:

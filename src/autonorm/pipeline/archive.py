@@ -263,12 +263,16 @@ def _identity_digest(run: Path) -> Optional[str]:
 def save_latency(archive_dir: str | os.PathLike[str], latency: dict[str, Any], measured: dict[str, str | os.PathLike[str]]) -> Path:
     """Keep ``latency`` (:func:`autonorm.pipeline.table.measure_rows` of the archive's rows) in
     ``archive_dir/latency.json``, with the machine, the UTC time and, per row key in ``measured``,
-    the archived run folder whose checkpoint was measured (and the digest of its ``identity.json``)."""
+    the archived run folder whose checkpoint was measured (and the digest of its ``identity.json``);
+    rows of ``measured`` without a figure in ``latency`` are left out."""
     from autonorm.eval.machine import machine_info
 
     archive = Path(archive_dir)
+    figures = latency.get("models") or {}
     runs = {}
     for key, run in measured.items():
+        if key not in figures:
+            continue
         run = Path(run)
         runs[key] = {"run": str(run.resolve().relative_to(archive.resolve())), "identity_sha256": _identity_digest(run)}
     record = {"measured_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine_info(),

@@ -175,6 +175,11 @@ def row_checkpoint(row: dict[str, Any]) -> Optional[Path]:
     return None
 
 
+#: figures measured before: a dict as :func:`measure_rows` returns, or a function of the table's
+#: rows returning one (or None), e.g. an archive's kept measurement
+LatencySource = Optional[dict[str, Any] | Callable[[list[dict[str, Any]]], Optional[dict[str, Any]]]]
+
+
 def measure_rows(rows: list[dict[str, Any]], batch_sizes: Sequence[int] = (1, 256), threads: Optional[int] = None,
                  rounds: int = 7, checkpoint: Callable[[dict[str, Any]], Optional[Path]] = row_checkpoint) -> dict[str, Any]:
     """Latency and throughput of every row's model (``checkpoint(row)``: by default its first
@@ -222,7 +227,7 @@ def build_report(
     alpha: float = 0.05,
     split_code: bool = True,
     pairs: Optional[Sequence[tuple[str, str]]] = None,
-    latency: Optional[dict[str, Any] | Callable[[list[dict[str, Any]]], Optional[dict[str, Any]]]] = None,
+    latency: LatencySource = None,
     measure: bool = False,
     latency_batch_sizes: Sequence[int] = (1, 256),
     threads: Optional[int] = None,
@@ -279,7 +284,7 @@ def write_table(
     latency_batch_sizes: Sequence[int] = (1, 256),
     threads: Optional[int] = None,
     rounds: int = 7,
-    latency: Optional[dict[str, Any] | Callable[[list[dict[str, Any]]], Optional[dict[str, Any]]]] = None,
+    latency: LatencySource = None,
 ) -> TablePaths:
     """Collect the runs under ``folders`` and write summary_results.{csv,md,png} into ``out_dir``
     (default: the first folder), each atomically. Returns their paths.

@@ -75,6 +75,7 @@ def _cases(c: int) -> dict[str, nn.Module]:
         "dyt": DyT(c, alpha_init=0.7),
         "soft": AutoNorm(c, gate="soft"),
         "soft_mlp": AutoNorm(c, gate="soft", gate_hidden=4),
+        "soft_mean": AutoNorm(c, gate="soft", gate_features="mean"),
         "gumbel": AutoNorm(c, gate="gumbel"),
         "freeze_dyt": AutoNorm(c, gate="soft", freeze_branch="dyt"),
         "afn": AFN(c),
@@ -118,8 +119,9 @@ def test_the_kernels_are_what_fused_runs(lib, monkeypatch) -> None:
     with torch.no_grad():
         DyT(8, impl="fused")(x)
         AutoNorm(8, impl="fused")(x)
+        AutoNorm(8, impl="fused", gate_features="mean")(x)
         AFN(8, impl="fused").train()(x)
-    assert {"dyt_forward", "blend_forward", "token_mean", "channel_moments"} <= set(calls)
+    assert {"dyt_forward", "blend_forward", "token_moments", "token_mean", "channel_moments"} <= set(calls)
     calls.clear()
     with torch.no_grad():
         DyT(8, impl="fused").double()(x.double())
@@ -341,7 +343,7 @@ def test_deployed_auto_routes_equal_the_eval_model(lib, monkeypatch, route: str)
         ref = model(x)
         out = deploy_model(model)(x)
     torch.testing.assert_close(out, ref, **TOL)
-    assert {"select", "blend", "dyt", "affine", "token_mean"} <= {op for op, _ in seen}
+    assert {"select", "blend", "dyt", "affine", "token_moments"} <= {op for op, _ in seen}
 
 
 def test_auto_measures_once_and_reuses_the_cache_file(lib, auto_cache, monkeypatch) -> None:
@@ -422,7 +424,7 @@ def test_auto_training_in_fit_equals_eager_training(lib, auto_cache, tmp_path) -
         for k, v in finals["eager"].items():
             torch.testing.assert_close(finals["auto"][k], v, atol=1e-4, rtol=1e-4, msg=lambda m, k=k: f"{norm['_target_']} {k}: {m}")
     ops = {k.split("|")[0] for k in select.choices()}
-    assert {"blend", "token_mean", "afn_stats"} <= ops  # it did measure, inside the fit
+    assert {"blend", "token_moments", "afn_stats"} <= ops  # it did measure, inside the fit
 
 
 def test_auto_under_torch_compile_traces_the_eager_formula(monkeypatch) -> None:

@@ -532,7 +532,7 @@ def test_without_registered_fast_paths_every_impl_is_eager_after_one_warning(mon
 def test_fast_paths_are_registered_for_the_fast_impls_only() -> None:
     from autonorm.norms.impl import FAST_PATHS, register_fast_path
 
-    assert {"dyt", "blend", "token_mean", "afn", "afn_batch", "afn_affine"} <= set(FAST_PATHS)
+    assert {"dyt", "blend", "token_mean", "token_moments", "afn", "afn_batch", "afn_affine"} <= set(FAST_PATHS)
     assert all(set(routes) <= {"auto", "fused", "compiled"} for routes in FAST_PATHS.values())
     with pytest.raises(ValueError, match="fast paths are for impl in"):
         register_fast_path("dyt", eager=lambda x: x)

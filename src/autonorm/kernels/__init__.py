@@ -26,12 +26,15 @@ from .fused import (
     dyt_fused,
     token_mean_auto,
     token_mean_fused,
+    token_moments_auto,
+    token_moments_fused,
 )
 
 # op (the norm that asks for it)          impl -> function (same arguments as the eager formula)
 register_fast_path("dyt", auto=dyt_auto, fused=dyt_fused, compiled=dyt_compiled)  # DyT
 register_fast_path("blend", auto=blend_auto, fused=blend_fused, compiled=blend_compiled)  # AutoNorm, tanh branch
-register_fast_path("token_mean", auto=token_mean_auto, fused=token_mean_fused)  # AutoNorm's gate input
+register_fast_path("token_mean", auto=token_mean_auto, fused=token_mean_fused)  # AutoNorm's gate input (mean)
+register_fast_path("token_moments", auto=token_moments_auto, fused=token_moments_fused)  # its mean_scale input
 register_fast_path("afn", compiled=afn_compiled)  # AFN's whole forward
 register_fast_path("afn_batch", auto=afn_batch_auto, fused=afn_batch_fused)  # AFN, batch statistics
 register_fast_path("afn_affine", auto=afn_affine_auto, fused=afn_affine_fused)  # AFN's output

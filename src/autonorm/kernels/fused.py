@@ -70,6 +70,7 @@ from torch.autograd.function import once_differentiable
 from ..norms.afn import AFN, affine
 from ..norms.autonorm import blend as blend_reference
 from ..norms.autonorm import token_mean as _token_mean_torch
+from ..norms.autonorm import token_moments as _token_moments_torch
 from ..norms.dyt import dynamic_tanh as dyt_reference
 from . import native, select
 from .native import needs_grad
@@ -425,6 +426,23 @@ def token_mean_auto(x: torch.Tensor) -> torch.Tensor:
     return _token_mean_torch(x)
 
 
+def token_moments_fused(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x.mean(dim=1), x.square().mean(dim=1))`` for ``x`` (B, N, C): the C++ kernels on
+    float32 CPU input, the formula (:func:`autonorm.norms.autonorm.token_moments`) otherwise."""
+    if x.dim() == 3 and native.usable(x) is not None:
+        return native.token_moments(x)
+    return _token_moments_torch(x)
+
+
+def token_moments_auto(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_moments_fused` where the kernel was measured faster (forward only, whatever
+    the autograd state, so a model and its deployed copy choose alike), the formula otherwise."""
+    if x.dim() == 3 and native.usable(x) is not None:
+        if prefer_kernel("token_moments", (x,), native.token_moments, _token_moments_torch, train=False):
+            return native.token_moments(x)
+    return _token_moments_torch(x)
+
+
 # ------------------------------------------------------------------------------------------ AFN
 def afn_batch_fused(
     x: torch.Tensor, weight: torch.Tensor, affine_fn: Callable[..., Any], params: list[torch.Tensor]
@@ -572,4 +590,6 @@ __all__ = [
     "timed_call",
     "token_mean_auto",
     "token_mean_fused",
+    "token_moments_auto",
+    "token_moments_fused",
 ]

@@ -278,6 +278,23 @@ class TokenMeanFunction(torch.autograd.Function):
         return (dh / n).unsqueeze(1).expand(b, n, c)
 
 
+class TokenMomentsFunction(torch.autograd.Function):
+    """``(x.mean(dim=1), x.square().mean(dim=1))`` for ``x`` (B, N, C), both moments from one read
+    of ``x``; backward ``dx = dm / N + (2 / N) dq x`` in one pass (autograd of the formula writes
+    three full-size tensors: the mean's broadcast gradient, the square's, and their sum)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        return ops().token_moments(x)  # type: ignore[union-attr]
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, dm: torch.Tensor, dq: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        return ops().token_moments_backward(x, dm, dq)  # type: ignore[union-attr]
+
+
 class BatchAffineNormFunction(torch.autograd.Function):
     """AFN's training forward ``y = x * scale + shift`` for ``x`` (M, C), where ``(scale, shift) =
     affine_fn(mean, var)`` of the batch statistics (AFN's encoder-decoders and lambdas: a small
@@ -365,6 +382,14 @@ def token_mean(x: torch.Tensor) -> torch.Tensor:
     return ops().token_mean(x)  # type: ignore[union-attr]
 
 
+def token_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x.mean(dim=1), x.square().mean(dim=1))`` for ``x`` (B, N, C) through the kernels,
+    differentiable."""
+    if needs_grad(x):
+        return TokenMomentsFunction.apply(x.contiguous())
+    return ops().token_moments(x)  # type: ignore[union-attr]
+
+
 def batch_affine_norm(
     x: torch.Tensor, affine_fn: Callable[..., Any], params: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -404,6 +429,7 @@ __all__ = [
     "ops",
     "status",
     "token_mean",
+    "token_moments",
     "turned_off",
     "usable",
     "usable_for",

@@ -39,21 +39,25 @@ def token_summary(x: torch.Tensor, impl: str = "eager", features: str = "mean") 
       removed) from DyT (scale kept, squashed), and the mean relative to it (in [-1, 1]), so the
       input does not grow with the residual stream's magnitude.
 
-    The token mean is the op ``"token_mean"`` (:mod:`.impl`; with ``impl="fused"`` on float32
-    CPU input the C++ kernel, whose backward adds ``dh / N`` into the input gradient without
-    materialising it first; with ``impl="auto"`` where it was measured faster). Deployed copies
-    call this same function, so their gate decisions are bit-identical."""
-    fast = fast_path("token_mean", impl)
-    m = (fast or token_mean)(x)
+    The moments are the ops ``"token_mean"`` and ``"token_moments"`` (:mod:`.impl`; with
+    ``impl="fused"`` on float32 CPU input the C++ kernels: one read of ``x`` for both moments and
+    one pass for their gradient; with ``impl="auto"`` where they were measured faster). Deployed
+    copies call this same function, so their gate decisions are bit-identical."""
     if features == "mean":
-        return m
-    r = torch.sqrt(x.square().mean(dim=1) + _SCALE_EPS)
+        return (fast_path("token_mean", impl) or token_mean)(x)
+    m, q = (fast_path("token_moments", impl) or token_moments)(x)
+    r = torch.sqrt(q + _SCALE_EPS)
     return torch.cat([m / r, torch.log(r)], dim=-1)
 
 
 def token_mean(x: torch.Tensor) -> torch.Tensor:
     """The mean over tokens ``x.mean(dim=1)`` (B, C) of ``x`` (B, N, C)."""
     return x.mean(dim=1)
+
+
+def token_moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first two moments over tokens of ``x`` (B, N, C): ``(x.mean(dim=1), x.square().mean(dim=1))``."""
+    return x.mean(dim=1), x.square().mean(dim=1)
 
 
 def mix(ln_out: torch.Tensor, squash_out: torch.Tensor, a: torch.Tensor) -> torch.Tensor:

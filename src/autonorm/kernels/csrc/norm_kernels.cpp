@@ -1,4 +1,4 @@
-// Single-pass CPU kernels for DyT, the AutoNorm blend and AFN's batch statistics (float32).
+// Single-pass CPU kernels for DyT, the AutoNorm blend and gate summary, and AFN's batch statistics (float32).
 //
 // Built on first use by autonorm/norms/native.py (torch.utils.cpp_extension, g++ -O3 with the
 // machine's vector ISA) and registered as torch.ops.autonorm_native.*. Every kernel computes the
@@ -439,6 +439,68 @@ at::Tensor token_mean(const at::Tensor& x_in) {
   return h;
 }
 
+// The first two moments over tokens of x (B, N, C) -> (m, q), both (B, C): m = mean_n x,
+// q = mean_n x^2 (the AutoNorm gate's "mean_scale" summary), from one read of x.
+std::tuple<at::Tensor, at::Tensor> token_moments(const at::Tensor& x_in) {
+  check_float_cpu(x_in, "x");
+  TORCH_CHECK(x_in.dim() == 3, "autonorm_native.token_moments: x must be (B, N, C)");
+  const at::Tensor x = x_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+  at::Tensor m = at::empty({B, C}, at::kFloat);
+  at::Tensor q = at::empty({B, C}, at::kFloat);
+  const float* xp = x.data_ptr<float>();
+  float* mp = m.data_ptr<float>();
+  float* qp = q.data_ptr<float>();
+  const float invN = 1.0f / static_cast<float>(std::max<int64_t>(N, 1));
+  parallel_rows(B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      float* mr = mp + bi * C;
+      float* qr = qp + bi * C;
+      for (int64_t c = 0; c < C; ++c) { mr[c] = 0.0f; qr[c] = 0.0f; }
+      for (int64_t n = 0; n < N; ++n) {
+        const float* xr = xp + (bi * N + n) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) { const float v = xr[c]; mr[c] += v; qr[c] += v * v; }
+      }
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) { mr[c] *= invN; qr[c] *= invN; }
+    }
+  });
+  return {m, q};
+}
+
+// Gradient of token_moments: dx = dm / N + (2 / N) dq * x, one pass over x.
+at::Tensor token_moments_backward(const at::Tensor& x_in, const at::Tensor& dm_in, const at::Tensor& dq_in) {
+  check_float_cpu(x_in, "x");
+  check_float_cpu(dm_in, "dm");
+  check_float_cpu(dq_in, "dq");
+  TORCH_CHECK(x_in.dim() == 3, "autonorm_native.token_moments_backward: x must be (B, N, C)");
+  const at::Tensor x = x_in.contiguous(), dm = dm_in.contiguous(), dq = dq_in.contiguous();
+  const int64_t B = x.size(0), N = x.size(1), C = x.size(2);
+  TORCH_CHECK(dm.numel() == B * C && dq.numel() == B * C, "autonorm_native.token_moments_backward: dm, dq must be (B, C)");
+  at::Tensor dx = at::empty_like(x);
+  const float* xp = x.data_ptr<float>();
+  const float* dmp = dm.data_ptr<float>();
+  const float* dqp = dq.data_ptr<float>();
+  float* dxp = dx.data_ptr<float>();
+  const float invN = 1.0f / static_cast<float>(std::max<int64_t>(N, 1));
+  parallel_rows(B, std::max<int64_t>(1, row_grain(C) / std::max<int64_t>(N, 1)), [=](int64_t b0, int64_t b1) {
+    std::vector<float> k0(C), k1(C);
+    for (int64_t bi = b0; bi < b1; ++bi) {
+      for (int64_t c = 0; c < C; ++c) { k0[c] = dmp[bi * C + c] * invN; k1[c] = 2.0f * dqp[bi * C + c] * invN; }
+      const float* k0p = k0.data();
+      const float* k1p = k1.data();
+      for (int64_t n = 0; n < N; ++n) {
+        const float* xr = xp + (bi * N + n) * C;
+        float* dr = dxp + (bi * N + n) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) dr[c] = k0p[c] + k1p[c] * xr[c];
+      }
+    }
+  });
+  return dx;
+}
+
 // --------------------------------------------------------------------------------------- AFN
 // Per-channel mean and biased variance of x (rows, C) over rows, accumulated in double.
 std::tuple<at::Tensor, at::Tensor> channel_moments(const at::Tensor& x_in) {
@@ -584,6 +646,8 @@ TORCH_LIBRARY(autonorm_native, m) {
       "select_forward(Tensor x, Tensor use_ln, Tensor ln_weight, Tensor ln_bias, float eps, Tensor alpha, "
       "Tensor dyt_weight, Tensor dyt_bias) -> Tensor");
   m.def("token_mean(Tensor x) -> Tensor");
+  m.def("token_moments(Tensor x) -> (Tensor, Tensor)");
+  m.def("token_moments_backward(Tensor x, Tensor dm, Tensor dq) -> Tensor");
   m.def("channel_moments(Tensor x) -> (Tensor, Tensor)");
   m.def("affine_forward(Tensor x, Tensor scale, Tensor shift) -> Tensor");
   m.def("affine_param_grads(Tensor grad, Tensor x) -> (Tensor, Tensor)");
@@ -597,6 +661,8 @@ TORCH_LIBRARY_IMPL(autonorm_native, CPU, m) {
   m.impl("blend_backward", &blend_backward);
   m.impl("select_forward", &select_forward);
   m.impl("token_mean", &token_mean);
+  m.impl("token_moments", &token_moments);
+  m.impl("token_moments_backward", &token_moments_backward);
   m.impl("channel_moments", &channel_moments);
   m.impl("affine_forward", &affine_forward);
   m.impl("affine_param_grads", &affine_param_grads);

@@ -292,6 +292,7 @@ def auto_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("AUTONORM_KERNEL_DIR", str(tmp_path))
     monkeypatch.setattr(select, "MEASURE_S", 0.002)
     monkeypatch.setattr(select, "ROUNDS", 1)
+    monkeypatch.setattr(select, "cpu_counters", lambda: None)  # the load is unknown: every entry final
     select.forget()
     yield select.cache_path()
     select.forget()
@@ -503,9 +504,68 @@ def test_auto_adopts_the_choice_another_process_wrote_first(auto_cache, monkeypa
 
     def measure_while_another_process_writes(names, make):
         select._write(auto_cache, {select.choice_key("dyt", x, False, names): {"impl": "torch", "us": {}}})
-        return "kernel", {"kernel": 1.0, "torch": 2.0}
+        return "kernel", {"kernel": 1.0, "torch": 2.0}, 0.0
 
     monkeypatch.setattr(select, "_measure", measure_while_another_process_writes)
     names = ("kernel", "torch", "eager")
     assert select.choose("dyt", x, False, names, lambda n: (lambda: None)) == "torch"
     assert json.loads(auto_cache.read_text())["choices"][select.choice_key("dyt", x, False, names)]["impl"] == "torch"
+
+
+def _stored(path, key: str) -> dict:
+    return json.loads(path.read_text())["choices"][key]
+
+
+@pytest.mark.parametrize("stored_others", [1.5, "missing"])
+def test_auto_measures_a_busy_or_unrecorded_choice_again_and_a_quiet_one_replaces_it(auto_cache, monkeypatch, stored_others) -> None:
+    """A choice cached while other processes kept the CPU busy (or by a version that kept no
+    record of the load) is measured again once; a measurement on a quiet machine replaces it."""
+    x = torch.randn(4, 5, 16)
+    names = ("kernel", "torch", "eager")
+    key = select.choice_key("dyt", x, False, names)
+    old = {"impl": "torch", "us": {"kernel": 9.0, "torch": 5.0}, **({} if stored_others == "missing" else {"others": stored_others})}
+    select._write(auto_cache, {key: old})
+    calls = []
+
+    def quiet(names_, make):
+        calls.append(1)
+        return "kernel", {"kernel": 1.0, "torch": 2.0}, 0.0
+
+    monkeypatch.setattr(select, "_measure", quiet)
+    assert select.choose("dyt", x, False, names, lambda n: (lambda: None)) == "kernel"
+    assert _stored(auto_cache, key) == {"impl": "kernel", "us": {"kernel": 1.0, "torch": 2.0}, "others": 0.0}
+    select.forget()  # a new process: the entry is final now
+    assert select.choose("dyt", x, False, names, lambda n: (lambda: None)) == "kernel"
+    assert calls == [1]
+
+
+def test_auto_keeps_a_busy_choice_when_measuring_again_is_busy_too(auto_cache, monkeypatch) -> None:
+    """Measured again on a machine still busy, the stored entry stays (processes side by side keep
+    one path), and this process does not measure the key a third time."""
+    x = torch.randn(4, 5, 16)
+    names = ("kernel", "torch", "eager")
+    key = select.choice_key("dyt", x, False, names)
+    old = {"impl": "torch", "us": {"kernel": 9.0, "torch": 5.0}, "others": 1.0}
+    select._write(auto_cache, {key: old})
+    calls = []
+
+    def busy(names_, make):
+        calls.append(1)
+        return "kernel", {"kernel": 1.0, "torch": 2.0}, 0.9
+
+    monkeypatch.setattr(select, "_measure", busy)
+    for _ in range(2):
+        assert select.choose("dyt", torch.randn(4, 5, 16), False, names, lambda n: (lambda: None)) == "torch"
+    select._fast.clear()  # past the per-shape memo: the key itself is not measured again either
+    assert select.choose("dyt", x, False, names, lambda n: (lambda: None)) == "torch"
+    assert calls == [1] and _stored(auto_cache, key) == old
+
+
+def test_auto_records_the_load_its_measurement_ran_under(lib, auto_cache, monkeypatch) -> None:
+    """A real measurement stores the other processes' CPU use read around its timing."""
+    readings = iter([(100.0, 10.0, 0.0), (100.5, 10.1, 1.0)])  # others used 0.4 cores over 1 s
+    monkeypatch.setattr(select, "cpu_counters", lambda: next(readings))
+    with torch.no_grad():
+        DyT(16, impl="auto")(torch.randn(4, 5, 16))
+    (entry,) = [v for k, v in json.loads(auto_cache.read_text())["choices"].items() if k.startswith("dyt|")]
+    assert entry["others"] == pytest.approx(0.4) and select.provisional(entry)

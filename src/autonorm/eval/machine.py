@@ -1,6 +1,6 @@
 """What a measurement ran on, and whether the machine was quiet: CPU model and instruction-set
 flags, usable cores, GPU name, and other processes' CPU use (``/proc/stat`` minus this process,
-with the load average where that cannot be read).
+:mod:`autonorm.cpuload`, with the load average where that cannot be read).
 
 Other processes using at least :data:`BUSY_OTHER_CORES` cores (on average) make the machine
 "busy": its timings are unreliable and are reported as such.
@@ -16,12 +16,12 @@ from typing import Any, Optional
 
 import torch
 
+from ..cpuload import BUSY_OTHER_CORES, cpu_counters, other_cores
+
 __all__ = ["BUSY_OTHER_CORES", "ISA_FLAGS", "machine_info", "usable_cores", "cpu_counters", "other_cores", "loadavg", "check_idle"]
 
 #: Instruction-set flags printed with the CPU model (all flags are kept).
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "asimd", "sve")
-#: Other processes using at least this many cores (on average) make the machine "busy".
-BUSY_OTHER_CORES = 0.25
 
 
 def usable_cores() -> int:
@@ -54,27 +54,6 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if device == "cuda" and torch.cuda.is_available() else None,
     }
-
-
-def cpu_counters() -> Optional[tuple[float, float, float]]:
-    """(busy CPU-seconds of the whole machine, CPU-seconds of this process, wall time)."""
-    try:
-        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-        vals = [int(v) for v in fields]
-        own = os.times()
-    except (OSError, ValueError, IndexError):
-        return None
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
-    busy = sum(vals[:8]) - vals[3] - (vals[4] if len(vals) > 4 else 0)
-    return busy / hz, own.user + own.system, time.perf_counter()
-
-
-def other_cores(a: Optional[tuple[float, float, float]], b: Optional[tuple[float, float, float]]) -> Optional[float]:
-    """Average cores used by other processes between two :func:`cpu_counters` readings."""
-    if a is None or b is None or b[2] <= a[2]:
-        return None
-    return max(0.0, ((b[0] - a[0]) - (b[1] - a[1])) / (b[2] - a[2]))
 
 
 def loadavg() -> Optional[list[float]]:

@@ -24,6 +24,15 @@ process for longer than that. Processes that measure the same key at the same ti
 entry written first, so runs started side by side on one machine take the same paths (and give
 bit-identical results where they would without ``auto``).
 
+A measurement taken while other processes kept the CPU busy (on average at least
+:data:`autonorm.cpuload.BUSY_OTHER_CORES` cores of ``/proc/stat`` beside this process during the
+timing) can crown the wrong candidate, and a cached choice would keep it for good. Every entry
+therefore records that load (``"others"``, in cores; None where it cannot be read). An entry
+taken on a busy machine, or one without the record, is provisional: the first process that needs
+it measures the key once more, and if that measurement ran on a quiet machine it replaces the
+entry in the file; otherwise the stored entry stays (so processes running side by side keep
+taking the same path).
+
 Under :func:`torch.compile` tracing nothing is measured: the callers use the eager formula,
 which the compiler fuses. A candidate that raises while being measured is dropped.
 """
@@ -41,6 +50,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import torch
+
+from ..cpuload import BUSY_OTHER_CORES, cpu_counters, other_cores
+
 #: Route names, in the order used when nothing can be measured.
 ROUTES: tuple[str, ...] = ("kernel", "torch", "eager", "compiled")
 #: Seconds of timing per candidate and round, and rounds (interleaved, the opening one rotating).
@@ -54,6 +66,8 @@ _lock = threading.RLock()
 _fast: dict[tuple[Any, ...], str] = {}
 _choices: dict[str, dict[str, Any]] = {}
 _state: dict[str, Any] = {"loaded": None, "measuring": False}
+#: provisional entries this process has measured again (each at most once per process)
+_rechecked: set[str] = set()
 
 
 @functools.lru_cache(maxsize=1)
@@ -192,8 +206,21 @@ def _load() -> None:
 
 
 # ------------------------------------------------------------------------------------ measuring
-def _measure(names: Sequence[str], make: Callable[[str], Callable[[], Any]]) -> tuple[Optional[str], dict[str, float]]:
-    """Time every candidate; (the fastest, {name: best round median in microseconds})."""
+def provisional(entry: dict[str, Any]) -> bool:
+    """Whether a cached choice was measured on a busy machine, or without a record of the load."""
+    if "others" not in entry:
+        return True
+    others = entry["others"]
+    return isinstance(others, (int, float)) and others >= BUSY_OTHER_CORES
+
+
+def _entry(name: str, micros: dict[str, float], others: Optional[float]) -> dict[str, Any]:
+    return {"impl": name, "us": {k: round(v, 2) for k, v in micros.items()}, "others": None if others is None else round(others, 2)}
+
+
+def _measure(names: Sequence[str], make: Callable[[str], Callable[[], Any]]) -> tuple[Optional[str], dict[str, float], Optional[float]]:
+    """Time every candidate; (the fastest, {name: best round median in microseconds}, the cores
+    other processes used on average during the timing, None where unknown)."""
     from torch.utils import benchmark
 
     fns: dict[str, Callable[[], Any]] = {}
@@ -205,17 +232,19 @@ def _measure(names: Sequence[str], make: Callable[[str], Callable[[], Any]]) -> 
         except Exception:  # noqa: BLE001 - a candidate that cannot run is not a candidate
             continue
     if len(fns) < 2:
-        return (next(iter(fns)) if fns else None), {}
+        return (next(iter(fns)) if fns else None), {}, None
     times: dict[str, list[float]] = {n: [] for n in fns}
     order = list(fns)
     threads = torch.get_num_threads()
+    before = cpu_counters()
     for r in range(ROUNDS):
         k = r % len(order)
         for name in order[k:] + order[:k]:
             timer = benchmark.Timer(stmt="f()", globals={"f": fns[name]}, num_threads=threads)
             times[name].append(timer.blocked_autorange(min_run_time=MEASURE_S).median)
+    others = other_cores(before, cpu_counters())
     best = {n: min(t) * 1e6 for n, t in times.items()}
-    return min(best, key=best.__getitem__), best
+    return min(best, key=best.__getitem__), best, others
 
 
 def choose(op: str, x: torch.Tensor, train: bool, names: Sequence[str], make: Callable[[str], Callable[[], Any]]) -> str:
@@ -241,19 +270,25 @@ def choose(op: str, x: torch.Tensor, train: bool, names: Sequence[str], make: Ca
             _choices.update({k: v for k, v in _read(cache_path()).items() if k not in _choices})
         entry = _choices.get(key)
         name = entry.get("impl") if entry else None
-        if name not in names:
+        recheck = name in names and provisional(entry) and key not in _rechecked  # type: ignore[arg-type]
+        if name not in names or recheck:
             _state["measuring"] = True
             try:
-                name, micros = _measure(names, make)
+                new_name, micros, others = _measure(names, make)
             finally:
                 _state["measuring"] = False
-            if name is None:
-                return names[0]
-            entry = {"impl": name, "us": {k: round(v, 2) for k, v in micros.items()}}
-            # another process may have measured this key meanwhile: its entry, written first, wins
-            entry = _write(cache_path(), {key: entry}, keep_existing=True).get(key, entry)
-            if entry.get("impl") not in names:
-                entry = {"impl": name, "us": {k: round(v, 2) for k, v in micros.items()}}
+            _rechecked.add(key)
+            if new_name is None:
+                return name if name in names else names[0]
+            new = _entry(new_name, micros, others)
+            if recheck and provisional(new):
+                pass  # busy now too: the stored entry stays, as the other processes use it
+            elif recheck:  # a quiet measurement replaces the provisional one
+                entry = _write(cache_path(), {key: new}).get(key, new)
+            else:  # another process may have measured this key meanwhile: its entry, written first, wins
+                entry = _write(cache_path(), {key: new}, keep_existing=True).get(key, new)
+            if entry is None or entry.get("impl") not in names:
+                entry = new
             _choices[key] = entry
             name = entry["impl"]
         if len(_fast) > 4096:
@@ -263,7 +298,7 @@ def choose(op: str, x: torch.Tensor, train: bool, names: Sequence[str], make: Ca
 
 
 def choices() -> dict[str, dict[str, Any]]:
-    """``{choice key: {"impl": route, "us": {route: microseconds}}}`` known to this process."""
+    """``{choice key: {"impl": route, "us": {route: microseconds}, "others": cores}}`` known to this process."""
     with _lock:
         return {k: dict(v) for k, v in _choices.items()}
 
@@ -273,7 +308,8 @@ def forget() -> None:
     with _lock:
         _fast.clear()
         _choices.clear()
+        _rechecked.clear()
         _state["loaded"] = None
 
 
-__all__ = ["ROUTES", "cache_path", "choice_key", "choices", "choose", "forget", "machine_key"]
+__all__ = ["ROUTES", "cache_path", "choice_key", "choices", "choose", "forget", "machine_key", "provisional"]

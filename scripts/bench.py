@@ -74,7 +74,8 @@ fewer repetitions and shorter Lightning runs; the same figures otherwise.
 The script sets ``OMP_WAIT_POLICY=passive`` (unless already set, or with ``--omp-default``, which
 leaves OpenMP's own default) before importing torch and uses as many torch threads as the process
 may use cores. The policy changes the figures and their ratios (README, Performance); it is
-recorded in the JSON.
+recorded in the JSON. Like training, it raises glibc malloc's thresholds
+(:func:`autonorm.runtime.tune_malloc`; ``AUTONORM_MALLOC=default`` leaves them), also recorded.
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ from autonorm.build import build_model  # noqa: E402
 from autonorm.config import ConfigError  # noqa: E402
 from autonorm.configs import compose, load_group  # noqa: E402
 from autonorm.eval.machine import BUSY_OTHER_CORES, check_idle, cpu_counters, loadavg, machine_info, other_cores, usable_cores  # noqa: E402
+from autonorm.runtime import malloc_state, tune_malloc  # noqa: E402
 from autonorm.eval.timing import all_median, median, per_round_medians, ratio_of_rounds, round_robin, statement_seconds  # noqa: E402
 from autonorm.pipeline.io import atomic_write_json  # noqa: E402
 
@@ -838,6 +840,7 @@ def run_benchmark(cfg: BenchConfig, out: Optional[Path] = None, log: Callable[[s
         "lightning": pl.__version__,
         "threads": torch.get_num_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "malloc": malloc_state(),
         "machine_busy": busy,
         "loadavg": before["loadavg"],
         "idle_check": {"before": before, "during": during, "busy_other_cores_threshold": BUSY_OTHER_CORES},
@@ -890,7 +893,8 @@ def print_report(result: dict[str, Any]) -> None:
     print(f"matmul on {result.get('device', 'cpu')} (n={m.get('matmul_n')}, 2 FLOPs per multiply-add): "
           f"float32 {mm.get('fp32', float('nan')):.0f} GFLOP/s, bfloat16 {mm.get('bf16', float('nan')):.0f} GFLOP/s")  # fmt: skip
     print(f"run: device {result.get('device', 'cpu')}, precision {result.get('precision')}, compile {result.get('compile')}, "
-          f"norm impl {result.get('impl')}")  # fmt: skip
+          f"norm impl {result.get('impl')}, OMP_WAIT_POLICY {result.get('omp_wait_policy') or 'unset'}, "
+          f"malloc {'tuned' if (result.get('malloc') or {}).get('tuned') else 'default'}")  # fmt: skip
     print(f"C++ kernels: {'available' if nk.get('available') else 'not used: ' + str(nk.get('error'))}")
     chosen = result.get("auto_choices") or {}
     if chosen:
@@ -949,6 +953,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
     torch.set_num_threads(usable_cores())
+    tune_malloc()  # as training does (autonorm.runtime; AUTONORM_MALLOC=default leaves malloc as it is)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     cfg = default_config(quick=args.quick, models=models)
     cfg.device, cfg.precision, cfg.compile, cfg.impl = args.device, args.precision, args.compile, args.impl
@@ -977,7 +982,8 @@ def bf16_speedup_report(cfg: BenchConfig, out: Path) -> int:
     """``--bf16-speedup``: figure 6 for every model of ``cfg``, printed with the machine and
     written to ``out`` (JSON)."""
     before = idle_before(cfg)
-    result: dict[str, Any] = {"machine": machine_info(cfg.device), "matmul": measure_matmul(cfg), "bf16_speedup": {}, "machine_busy_before": before["busy"]}
+    result: dict[str, Any] = {"machine": machine_info(cfg.device), "malloc": malloc_state(), "matmul": measure_matmul(cfg), "bf16_speedup": {},
+                              "machine_busy_before": before["busy"]}
     print(f"machine: {result['machine'].get('cpu_model')} ({' '.join(result['machine']['cpu_isa'])}); matmul fp32 {result['matmul']['gflops']['fp32']:.0f}, "
           f"bf16 {result['matmul']['gflops']['bf16']:.0f} GFLOP/s", flush=True)  # fmt: skip
     for spec in cfg.models:
@@ -999,7 +1005,7 @@ def paths_report(cfg: BenchConfig, out: Path) -> int:
     ``out`` (JSON)."""
     before = idle_before(cfg)
     counters = cpu_counters()
-    result: dict[str, Any] = {"machine": machine_info(cfg.device), "threads": torch.get_num_threads(), "native_kernels": native_status(),
+    result: dict[str, Any] = {"machine": machine_info(cfg.device), "malloc": malloc_state(), "threads": torch.get_num_threads(), "native_kernels": native_status(),
                               "paths": {}, "ratios": {}}  # fmt: skip
     print(f"machine: {result['machine'].get('cpu_model')} ({' '.join(result['machine']['cpu_isa'])}), {result['threads']} threads; "
           f"C++ kernels: {'available' if result['native_kernels']['available'] else 'not used'}", flush=True)  # fmt: skip

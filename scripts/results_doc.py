@@ -43,6 +43,7 @@ from autonorm.pipeline.io import atomic_write_text  # noqa: E402
 from autonorm.pipeline.render import render_markdown  # noqa: E402
 from autonorm.pipeline.stats import family_pairs  # noqa: E402
 from autonorm.pipeline.table import build_report, measure_rows, run_checkpoint  # noqa: E402
+from autonorm.runtime import tune_malloc  # noqa: E402
 
 #: Published figures shown beside ours (never mixed into our rows): (heading, caption, header, rows).
 REFERENCES: dict[str, tuple[str, str, list[str], list[list[str]]]] = {
@@ -168,6 +169,7 @@ def main() -> int:
     ap.add_argument("--family", action="append", default=None, metavar="A1,A2:B1,B2",
                     help="planned comparisons: each row on the left against each row on the right (repeatable); default every pair")
     args = ap.parse_args()
+    tune_malloc()  # latency measured as in the training processes that write the tables
     if not args.sweep.is_dir():
         print(f"sweep folder not found: {args.sweep}", file=sys.stderr)
         return 1

@@ -227,6 +227,9 @@ def test_interleaved_latency_measures_every_model_with_fixed_threads(tmp_path: P
     fake_run(tmp_path / "r", "LN-Finetune", 0, 0.5)
     for policy, words in (("passive", "OMP_WAIT_POLICY=passive"), (None, "OMP_WAIT_POLICY unset (the OpenMP default)")):
         assert words in render_markdown(build_report(tmp_path, latency={**res, "omp_wait_policy": policy}))
+    assert isinstance(res["malloc_tuned"], bool)  # so is the allocator's setting
+    for tuned, words in ((True, "malloc's thresholds raised"), (False, "malloc's thresholds at their defaults")):
+        assert words in render_markdown(build_report(tmp_path, latency={**res, "malloc_tuned": tuned}))
 
 
 def test_planned_family_tests_only_its_pairs_and_needs_a_smaller_difference() -> None:

@@ -24,7 +24,9 @@ CONFIG_PATH = str(CONF_DIR)
 def train_main(cfg: DictConfig) -> float | None:
     """Train one run (``-m`` for a sweep); returns the optimized metric for sweepers."""
     from autonorm.cli import run_job, train
+    from autonorm.runtime import tune_malloc
 
+    tune_malloc()
     return run_job(cfg, train)
 
 
@@ -32,7 +34,9 @@ def train_main(cfg: DictConfig) -> float | None:
 def eval_main(cfg: DictConfig) -> None:
     """Evaluate a training checkpoint into outputs/runs/eval/<overrides>/."""
     from autonorm.cli import evaluate_checkpoint, run_job
+    from autonorm.runtime import tune_malloc
 
+    tune_malloc()
     run_job(cfg, evaluate_checkpoint)
 
 

@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from autonorm.norms import eager_formulas
+from autonorm.runtime import malloc_state
 
 __all__ = [
     "FLOP_CONVENTION",
@@ -268,7 +269,8 @@ def measure_latency(
 
     Returns ``{"ms_per_sample": {"<bs>": float}, "ms_per_batch": {"<bs>": float},
     "threads": torch.get_num_threads(), "device": str, "warmup": int, "iters": int,
-    "omp_wait_policy": str | None}`` (medians; string batch-size keys for JSON).
+    "omp_wait_policy": str | None, "malloc_tuned": bool}`` (medians; string batch-size keys for
+    JSON; ``malloc_tuned``: whether :func:`autonorm.runtime.tune_malloc` is in effect).
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
@@ -319,6 +321,7 @@ def measure_latency(
         "warmup": int(warmup),
         "iters": int(iters),
         "omp_wait_policy": wait_policy(),
+        "malloc_tuned": malloc_state()["tuned"],
     }
 
 
@@ -396,7 +399,8 @@ def interleaved_latency(
     each model's figure is the median over rounds of the per-forward time.
 
     Returns ``{"models": {name: {"ms_per_sample": {"<bs>": float}, "images_per_s": {"<bs>":
-    float}}}, "threads", "rounds", "warmup", "batch_sizes", "device", "omp_wait_policy"}``:
+    float}}}, "threads", "rounds", "warmup", "batch_sizes", "device", "omp_wait_policy",
+    "malloc_tuned"}``:
     ``ms_per_sample`` is the median forward time divided by the batch size (at batch 1: the
     latency of one image), ``images_per_s`` its inverse; ``omp_wait_policy`` is the process's
     ``OMP_WAIT_POLICY`` (None: the OpenMP default), which changes these figures and their ratios:
@@ -441,4 +445,4 @@ def interleaved_latency(
             models[n].train(states[n])
     return {"models": result, "threads": threads, "rounds": int(rounds), "warmup": int(warmup),
             "batch_sizes": [int(b) for b in batch_sizes], "device": "cpu",
-            "omp_wait_policy": wait_policy()}
+            "omp_wait_policy": wait_policy(), "malloc_tuned": malloc_state()["tuned"]}

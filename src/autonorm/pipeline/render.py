@@ -152,7 +152,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                        else "when this table was built")
                     + f", in one process on the CPU, {lat['threads']} torch thread(s), eval mode, "
                     f"{lat['warmup']} warm-up forwards, {lat['rounds']} rounds in rotating order, median over rounds, "
-                    f"{omp_policy(lat.get('omp_wait_policy', 'unrecorded'))}."
+                    f"{omp_policy(lat.get('omp_wait_policy', 'unrecorded'))}"
+                    + (f", malloc's thresholds {'raised (autonorm.runtime)' if lat['malloc_tuned'] else 'at their defaults'}"
+                       if "malloc_tuned" in lat else "")
+                    + "."
                 )
             for label, why in (lat.get("skipped") or {}).items():
                 lines.append(f"- {label}: not measured ({why}).")

@@ -63,6 +63,13 @@ Figures (each printed as ``RATIO <name> <value> (target <= <x>)`` or ``(target >
    over rounds of (auto's time / the fastest forced path's time in that round). Target <= 1.05:
    ``auto`` as fast as the best path it chooses among, within the noise of one run.
 
+8. ``malloc_speedup/<model>/<norm>`` (only with ``--malloc``, which measures nothing else): a
+   training step with glibc malloc at its defaults divided by the same with the thresholds the
+   entry points raise (:func:`autonorm.runtime.tune_malloc`). The setting is process-wide, so
+   each round runs two fresh processes, one per setting, in alternating order; each times LN and
+   the other norms' steps in turn and reports its medians and its minor page faults per step.
+   The figure is the median over rounds of the per-round ratio. Informational.
+
 Before measuring, the script samples the machine's CPU use by other processes for ~1 s
 (``/proc/stat`` minus this process) and reads ``/proc/loadavg``; it repeats the accounting over
 the whole run. Other processes using >= 0.25 cores (before, or on average during the run) make the
@@ -944,6 +951,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--impl", default=None, choices=["auto", "fused", "eager", "compiled"], help="force one norm implementation")
     parser.add_argument("--bf16-speedup", action="store_true", help="only figure 6: each norm's training step in float32 vs bf16-mixed (with --compile: also both compiled), interleaved")
     parser.add_argument("--paths", action="store_true", help="only figure 7: impl=auto vs every forced path (kernels, torch ops, eager), interleaved")
+    parser.add_argument("--malloc", action="store_true",
+                        help="only figure 8: training steps with glibc malloc at its defaults vs tuned (autonorm.runtime), alternating processes")
+    parser.add_argument("--malloc-probe", default=None, help=argparse.SUPPRESS)  # one process of --malloc: SETTING:MODEL:STEPS
     parser.add_argument("--omp-default", action="store_true",
                         help="leave OMP_WAIT_POLICY to OpenMP's default instead of passive (read before torch loads)")
     parser.add_argument("--variants", default=None, help=f"comma-separated norm variants (default: {','.join(TRAIN_VARIANTS)}; also derf; ln is always run)")
@@ -954,6 +964,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     torch.set_num_threads(usable_cores())
     tune_malloc()  # as training does (autonorm.runtime; AUTONORM_MALLOC=default leaves malloc as it is)
+    if args.malloc_probe:
+        return malloc_probe(args.malloc_probe, args.variants)
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     cfg = default_config(quick=args.quick, models=models)
     cfg.device, cfg.precision, cfg.compile, cfg.impl = args.device, args.precision, args.compile, args.impl
@@ -967,6 +979,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg.infer_variants = tuple(v for v in VARIANTS if v in wanted and (v in INFER_VARIANTS or v in OPT_IN_VARIANTS))
     if args.bf16_speedup:
         return bf16_speedup_report(cfg, Path(args.out))
+    if args.malloc:
+        return malloc_report(cfg, Path(args.out), args.variants)
     if args.paths:
         if not paths_apply(cfg):
             print("bench: --paths compares impl=auto with the forced paths on CPU float32 eager modules "
@@ -995,6 +1009,81 @@ def bf16_speedup_report(cfg: BenchConfig, out: Path) -> int:
                 print(f"RATIO speedup/{spec.name}/{setting}/{v} {s:.3f} (float32 eager step / {setting} step; informational)", flush=True)
     after = check_idle(cfg.idle_sample_s)
     result["machine_busy_after"] = after["busy"]
+    atomic_write_json(out, result)
+    print(f"written: {out}", flush=True)
+    return 0
+
+
+MALLOC_SETTINGS = ("default", "tuned")
+
+
+def malloc_probe(spec_arg: str, variants: Optional[str]) -> int:
+    """One process of ``--malloc``: ``SETTING:MODEL:STEPS``; prints one JSON line (median step
+    seconds per variant, minor page faults per step, peak resident MB, the malloc state)."""
+    import json
+    import resource
+
+    setting, model, steps = spec_arg.split(":")
+    spec = model_spec(model)
+    cfg = default_config(models=[model])
+    wanted = ["ln", *(v.strip() for v in (variants or "autonorm_soft").split(",") if v.strip() and v.strip() != "ln")]
+    x, y = _batch(spec.train_batch, cfg.img_size, cfg.num_classes)
+    fns = {v: _train_step_fn(build_task(spec, v, cfg), x, y) for v in wanted}
+    for fn in fns.values():
+        for _ in range(2):
+            fn()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    times = round_robin(fns, int(steps), 1, warmup=0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    print(json.dumps({"setting": setting, "model": model, "malloc": malloc_state(),
+                      "median_step_s": {v: all_median(times[v]) for v in wanted},
+                      "minor_faults_per_step": faults / (int(steps) * len(wanted)),
+                      "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)  # fmt: skip
+    return 0
+
+
+def run_malloc_probe(setting: str, model: str, steps: int, variants: Optional[str]) -> dict[str, Any]:
+    """:func:`malloc_probe` in a fresh process with malloc ``setting`` ("default" or "tuned")."""
+    import json
+    import subprocess
+
+    env = {**os.environ, "AUTONORM_MALLOC": "default" if setting == "default" else ""}
+    cmd = [sys.executable, __file__, "--malloc-probe", f"{setting}:{model}:{steps}"] + (["--variants", variants] if variants else [])
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"the {setting} process failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def malloc_report(cfg: BenchConfig, out: Path, variants: Optional[str] = None, rounds: int = 3) -> int:
+    """``--malloc``: figure 8 for every model of ``cfg`` (``rounds`` pairs of fresh processes,
+    the settings' order alternating)."""
+    before = idle_before(cfg)
+    counters = cpu_counters()
+    result: dict[str, Any] = {"machine": machine_info(cfg.device), "threads": torch.get_num_threads(), "malloc": {}, "ratios": {}}
+    print(f"machine: {result['machine'].get('cpu_model')} ({' '.join(result['machine']['cpu_isa'])}), {result['threads']} threads", flush=True)
+    for spec in cfg.models:
+        steps = max(3, spec.rounds)
+        _log(f"malloc default vs tuned: {spec.name} (batch {spec.train_batch}, {rounds} rounds of two processes, {steps} steps each)")
+        runs: dict[str, list[dict[str, Any]]] = {s: [] for s in MALLOC_SETTINGS}
+        for r in range(rounds):
+            for setting in (MALLOC_SETTINGS if r % 2 == 0 else MALLOC_SETTINGS[::-1]):
+                try:
+                    runs[setting].append(run_malloc_probe(setting, spec.name, steps, variants))
+                except RuntimeError as exc:
+                    print(f"bench --malloc: {exc}", file=sys.stderr)
+                    return 1
+        res = {"rounds": rounds, "steps": steps, "runs": runs, "speedup": {}}
+        for v in runs["default"][0]["median_step_s"]:
+            per_round = [d["median_step_s"][v] / t["median_step_s"][v] for d, t in zip(runs["default"], runs["tuned"])]
+            res["speedup"][v] = median(per_round)
+            r_ = make_ratio(f"malloc_speedup/{spec.name}/{v}", res["speedup"][v], 1.0, ">=", informational=True,
+                            note=f"default / tuned step; faults per step {median([d['minor_faults_per_step'] for d in runs['default']]):.0f} "
+                                 f"vs {median([t['minor_faults_per_step'] for t in runs['tuned']]):.0f}")  # fmt: skip
+            result["ratios"][r_["name"]] = r_
+            print(f"{format_ratio_line(r_)}  [{r_['note']}]", flush=True)
+        result["malloc"][spec.name] = res
+    result["machine_busy"] = bool(before["busy"] or idle_during(counters)["busy"])
     atomic_write_json(out, result)
     print(f"written: {out}", flush=True)
     return 0

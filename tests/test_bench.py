@@ -214,3 +214,40 @@ def test_the_wait_policy_is_passive_unless_set_or_left_to_openmp(bench) -> None:
     assert bench.omp_wait_policy(["bench.py"], {}) == "passive"
     assert bench.omp_wait_policy(["bench.py", "--omp-default"], {}) is None
     assert bench.omp_wait_policy(["bench.py", "--omp-default"], {"OMP_WAIT_POLICY": "active"}) == "active"
+
+
+def test_malloc_figure_pairs_alternating_processes_of_the_two_settings(bench, tmp_path, monkeypatch):
+    """Each round runs one process per malloc setting, their order alternating; the figure is the
+    median over rounds of default step / tuned step."""
+    cfg = _tiny_config(bench)
+    calls = []
+
+    def fake_probe(setting, model, steps, variants):
+        calls.append(setting)
+        k = len(calls)
+        step = {"default": 2.0, "tuned": 1.0}[setting] * (1 + 0.1 * k)  # drifting machine
+        return {"setting": setting, "median_step_s": {"ln": step, "autonorm_soft": 1.5 * step},
+                "minor_faults_per_step": 1000.0 if setting == "default" else 10.0}
+
+    monkeypatch.setattr(bench, "run_malloc_probe", fake_probe)
+    out = tmp_path / "malloc.json"
+    assert bench.malloc_report(cfg, out, rounds=3) == 0
+    assert calls == ["default", "tuned", "tuned", "default", "default", "tuned"]
+    res = json.loads(out.read_text())
+    speedups = res["malloc"][cfg.models[0].name]["speedup"]
+    # rounds (default / tuned of the same round): 2.2 / 1.2, 2.8 / 1.3, 3.0 / 1.6: median 1.875
+    assert speedups["ln"] == pytest.approx(3.0 / 1.6) and speedups["autonorm_soft"] == pytest.approx(speedups["ln"])
+    assert "faults per step 1000 vs 10" in res["ratios"]["malloc_speedup/tiny_test/ln"]["note"]
+
+
+def test_malloc_probe_reports_its_setting_steps_and_page_faults():
+    """One process of the figure, for real: AUTONORM_MALLOC=default leaves malloc alone."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "scripts/bench.py", "--malloc-probe", "default:vit_micro:1", "--variants", "dyt"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "AUTONORM_MALLOC": "default"})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert res["malloc"]["tuned"] is False and set(res["median_step_s"]) == {"ln", "dyt"}
+    assert all(t > 0 for t in res["median_step_s"].values()) and res["minor_faults_per_step"] >= 0 and res["max_rss_mb"] > 0

@@ -17,13 +17,14 @@ __all__ = ["BUSY_OTHER_CORES", "Counters", "cpu_counters", "other_cores"]
 #: Other processes using at least this many cores (on average) make the machine "busy".
 BUSY_OTHER_CORES = 0.25
 
-#: (busy CPU-seconds of the whole machine, CPU-seconds of this process, wall time)
+#: (busy CPU-seconds of the whole machine, CPU-seconds of this process and its ended children, wall time)
 Counters = tuple[float, float, float]
 
 
 def cpu_counters() -> Optional[Counters]:
-    """(busy CPU-seconds of the whole machine, CPU-seconds of this process, wall time), or None
-    where ``/proc/stat`` cannot be read."""
+    """(busy CPU-seconds of the whole machine, CPU-seconds of this process and of its children
+    that have ended, wall time), or None where ``/proc/stat`` cannot be read. A measurement's own
+    child processes (e.g. the benchmark's, one per setting) are thus not "other processes"."""
     try:
         fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
         vals = [int(v) for v in fields]
@@ -33,7 +34,7 @@ def cpu_counters() -> Optional[Counters]:
     hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     # user nice system idle iowait irq softirq steal [guest guest_nice: already in user/nice]
     busy = sum(vals[:8]) - vals[3] - (vals[4] if len(vals) > 4 else 0)
-    return busy / hz, own.user + own.system, time.perf_counter()
+    return busy / hz, own.user + own.system + own.children_user + own.children_system, time.perf_counter()
 
 
 def other_cores(a: Optional[Counters], b: Optional[Counters]) -> Optional[float]:

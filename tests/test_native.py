@@ -516,22 +516,30 @@ def _stored(path, key: str) -> dict:
     return json.loads(path.read_text())["choices"][key]
 
 
-@pytest.mark.parametrize("stored_others", [1.5, "missing"])
-def test_auto_measures_a_busy_or_unrecorded_choice_again_and_a_quiet_one_replaces_it(auto_cache, monkeypatch, stored_others) -> None:
-    """A choice cached while other processes kept the CPU busy (or by a version that kept no
-    record of the load) is measured again once; a measurement on a quiet machine replaces it."""
+def _cached_then_measured(cache, monkeypatch, stored_others, measured_others: float):
+    """A DyT choice ``torch`` already in the cache file (its load ``stored_others``, or no record
+    with ``"missing"``); measuring it again would pick ``kernel`` under ``measured_others`` cores
+    of other load. Returns (x, names, key, the stored entry, the list of measurements made)."""
     x = torch.randn(4, 5, 16)
     names = ("kernel", "torch", "eager")
     key = select.choice_key("dyt", x, False, names)
     old = {"impl": "torch", "us": {"kernel": 9.0, "torch": 5.0}, **({} if stored_others == "missing" else {"others": stored_others})}
-    select._write(auto_cache, {key: old})
-    calls = []
+    select._write(cache, {key: old})
+    calls: list[int] = []
 
-    def quiet(names_, make):
+    def measure(names_, make):
         calls.append(1)
-        return "kernel", {"kernel": 1.0, "torch": 2.0}, 0.0
+        return "kernel", {"kernel": 1.0, "torch": 2.0}, measured_others
 
-    monkeypatch.setattr(select, "_measure", quiet)
+    monkeypatch.setattr(select, "_measure", measure)
+    return x, names, key, old, calls
+
+
+@pytest.mark.parametrize("stored_others", [1.5, "missing"])
+def test_auto_measures_a_busy_or_unrecorded_choice_again_and_a_quiet_one_replaces_it(auto_cache, monkeypatch, stored_others) -> None:
+    """A choice cached while other processes kept the CPU busy (or by a version that kept no
+    record of the load) is measured again once; a measurement on a quiet machine replaces it."""
+    x, names, key, old, calls = _cached_then_measured(auto_cache, monkeypatch, stored_others, measured_others=0.0)
     assert select.choose("dyt", x, False, names, lambda n: (lambda: None)) == "kernel"
     assert _stored(auto_cache, key) == {"impl": "kernel", "us": {"kernel": 1.0, "torch": 2.0}, "others": 0.0}
     select.forget()  # a new process: the entry is final now
@@ -542,18 +550,7 @@ def test_auto_measures_a_busy_or_unrecorded_choice_again_and_a_quiet_one_replace
 def test_auto_keeps_a_busy_choice_when_measuring_again_is_busy_too(auto_cache, monkeypatch) -> None:
     """Measured again on a machine still busy, the stored entry stays (processes side by side keep
     one path), and this process does not measure the key a third time."""
-    x = torch.randn(4, 5, 16)
-    names = ("kernel", "torch", "eager")
-    key = select.choice_key("dyt", x, False, names)
-    old = {"impl": "torch", "us": {"kernel": 9.0, "torch": 5.0}, "others": 1.0}
-    select._write(auto_cache, {key: old})
-    calls = []
-
-    def busy(names_, make):
-        calls.append(1)
-        return "kernel", {"kernel": 1.0, "torch": 2.0}, 0.9
-
-    monkeypatch.setattr(select, "_measure", busy)
+    x, names, key, old, calls = _cached_then_measured(auto_cache, monkeypatch, 1.0, measured_others=0.9)
     for _ in range(2):
         assert select.choose("dyt", torch.randn(4, 5, 16), False, names, lambda n: (lambda: None)) == "torch"
     select._fast.clear()  # past the per-shape memo: the key itself is not measured again either

@@ -566,3 +566,43 @@ def test_auto_records_the_load_its_measurement_ran_under(lib, auto_cache, monkey
         DyT(16, impl="auto")(torch.randn(4, 5, 16))
     (entry,) = [v for k, v in json.loads(auto_cache.read_text())["choices"].items() if k.startswith("dyt|")]
     assert entry["others"] == pytest.approx(0.4) and select.provisional(entry)
+
+
+def test_a_resumed_fit_goes_on_with_the_auto_paths_it_started_with(lib, auto_cache, tmp_path) -> None:
+    """The choices a run used travel in its checkpoint; resumed after the cache file changed
+    (here: every used entry flipped to another route), the run takes its original paths."""
+    import pytorch_lightning as pl
+
+    from autonorm.callbacks import AutoPathsCallback
+    from autonorm.data import BatchLoader
+    from autonorm.tasks import ClassificationTask
+
+    model_cfg = {"_target_": "autonorm.models.VisionTransformer", "img_size": 16, "patch_size": 4, "in_chans": 3,
+                 "embed_dim": 16, "depth": 1, "num_heads": 2, "mlp_ratio": 2.0, "drop_rate": 0.0}  # fmt: skip
+    optim = {"lr": 1e-3, "weight_decay": 0.05, "warmup_epochs": 0.0, "min_lr_ratio": 1.0}
+    g = torch.Generator().manual_seed(0)
+    imgs, labels = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8, generator=g), torch.randint(0, 10, (32,), generator=g)
+
+    def fit(epochs: int, ckpt_path=None) -> None:
+        torch.manual_seed(0)
+        task = ClassificationTask(model_cfg, {"_target_": "autonorm.norms.AutoNorm", "gate": "soft", "impl": "auto"}, 10, optim)
+        loader = BatchLoader(imgs, labels, 16, mean=(0.5,) * 3, std=(0.25,) * 3, shuffle=True, drop_last=True, seed=0)
+        ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, filename="last", save_top_k=1, monitor=None)
+        trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, callbacks=[AutoPathsCallback(), ckpt],
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+        trainer.fit(task, train_dataloaders=loader, ckpt_path=ckpt_path)
+
+    fit(1)
+    used = select.used_choices()
+    assert {k.split("|")[0] for k in used} >= {"blend", "token_moments"}
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"]["AutoPathsCallback"]["choices"]
+    assert saved == used
+    other = {k: next(r for r in k.split("|")[-1].split("+") if r != v["impl"]) for k, v in used.items()}  # another candidate
+    flipped = {k: {**v, "impl": other[k], "others": 0.0} for k, v in used.items()}
+    select._write(auto_cache, flipped)  # the file changed while the run was stopped
+    select.forget()  # a new process
+    fit(2, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert {k: v["impl"] for k, v in select.used_choices().items() if k in used} == {k: v["impl"] for k, v in used.items()}
+    select.forget()  # without the checkpoint's choices, a new process takes the file's
+    fit(1)
+    assert {k: select.choices()[k]["impl"] for k in used} == {k: v["impl"] for k, v in flipped.items()}

@@ -28,6 +28,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from autonorm import console
 from autonorm.callbacks import (
     AtomicCheckpointIO,
+    AutoPathsCallback,
     NonFiniteLossGuard,
     RNGStateCallback,
     RunRecord,
@@ -93,6 +94,7 @@ def phase_callbacks(cfg: DictConfig, out_dir: Path, datamodule: Any) -> list[pl.
         ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1, auto_insert_metric_name=False, enable_version_counter=False),
         RNGStateCallback(),
         TrainLoaderStateCallback(),
+        AutoPathsCallback(),
         console.progress_bar(),
     ]
 

@@ -7,8 +7,9 @@ run draws. :class:`RNGStateCallback` stores the torch (CPU and CUDA), numpy and 
 states with every checkpoint and puts them back when training resumes from one.
 
 Also here, for the same goal (a killed run, resumed, ends exactly as an uninterrupted one):
-:class:`TrainLoaderStateCallback` (the data position) and :class:`StepCheckpoint` (mid-epoch
-``last.ckpt`` saves that never capture a state just before an epoch's validation).
+:class:`TrainLoaderStateCallback` (the data position), :class:`AutoPathsCallback` (the norms'
+``impl="auto"`` paths) and :class:`StepCheckpoint` (mid-epoch ``last.ckpt`` saves that never
+capture a state just before an epoch's validation).
 """
 
 from __future__ import annotations
@@ -83,6 +84,29 @@ class RNGStateCallback(pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         restore_rng_state(state_dict)
+
+
+class AutoPathsCallback(pl.Callback):
+    """Keep the ``impl="auto"`` path choices a run used in its checkpoints and pin them on resume.
+
+    The choices live in a per-machine cache file (:mod:`autonorm.kernels.select`) that may change
+    while a run is stopped: a choice measured on a busy machine is measured again by the next
+    process and can be replaced, or the file deleted. The paths compute the same function up to
+    float rounding, so a resumed run on other paths would no longer end bit-identical to one never
+    interrupted. This callback stores the entries of the choices made so far with every checkpoint
+    (:func:`~autonorm.kernels.select.used_choices`) and pins them when training resumes from one
+    (:func:`~autonorm.kernels.select.pin`); keys first met after the resume are chosen as usual.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        from autonorm.kernels import select
+
+        return {"choices": select.used_choices()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        from autonorm.kernels import select
+
+        select.pin(dict(state_dict.get("choices") or {}))
 
 
 class TrainLoaderStateCallback(pl.Callback):

@@ -31,7 +31,8 @@ therefore records that load (``"others"``, in cores; None where it cannot be rea
 taken on a busy machine, or one without the record, is provisional: the first process that needs
 it measures the key once more, and if that measurement ran on a quiet machine it replaces the
 entry in the file; otherwise the stored entry stays (so processes running side by side keep
-taking the same path).
+taking the same path). A run keeps the choices it used in its checkpoints
+(:class:`autonorm.callbacks.AutoPathsCallback`) and, resumed, goes on with those (:func:`pin`).
 
 Under :func:`torch.compile` tracing nothing is measured: the callers use the eager formula,
 which the compiler fuses. A candidate that raises while being measured is dropped.
@@ -66,8 +67,10 @@ _lock = threading.RLock()
 _fast: dict[tuple[Any, ...], str] = {}
 _choices: dict[str, dict[str, Any]] = {}
 _state: dict[str, Any] = {"loaded": None, "measuring": False}
-#: provisional entries this process has measured again (each at most once per process)
+#: provisional entries this process has measured again (each at most once per process), and pinned ones
 _rechecked: set[str] = set()
+#: the keys this process has chosen a path for (what a checkpoint keeps, :func:`used_choices`)
+_used: set[str] = set()
 
 
 @functools.lru_cache(maxsize=1)
@@ -291,6 +294,7 @@ def choose(op: str, x: torch.Tensor, train: bool, names: Sequence[str], make: Ca
                 entry = new
             _choices[key] = entry
             name = entry["impl"]
+        _used.add(key)
         if len(_fast) > 4096:
             _fast.clear()
         _fast[fast_key] = name
@@ -303,13 +307,38 @@ def choices() -> dict[str, dict[str, Any]]:
         return {k: dict(v) for k, v in _choices.items()}
 
 
+def used_choices() -> dict[str, dict[str, Any]]:
+    """The entries of the choices this process has made (a subset of :func:`choices`)."""
+    with _lock:
+        return {k: dict(_choices[k]) for k in sorted(_used) if k in _choices}
+
+
+def pin(entries: dict[str, dict[str, Any]]) -> int:
+    """Use ``entries`` (from :func:`used_choices`, e.g. kept in a checkpoint) for their keys in
+    this process, whatever the cache file holds now, and never measure those keys again here: a
+    resumed run goes on with the paths it started with, so it ends with the same bits as a run
+    never interrupted even when the file changed in between (a provisional entry replaced, the
+    file deleted). Entries naming an unknown route are ignored. Returns how many were pinned."""
+    with _lock:
+        _load()
+        n = 0
+        for key, entry in entries.items():
+            if isinstance(entry, dict) and entry.get("impl") in ROUTES:
+                _choices[key] = dict(entry)
+                _rechecked.add(key)
+                n += 1
+        _fast.clear()
+        return n
+
+
 def forget() -> None:
     """Forget the choices held in memory (the file is read again on the next choice)."""
     with _lock:
         _fast.clear()
         _choices.clear()
         _rechecked.clear()
+        _used.clear()
         _state["loaded"] = None
 
 
-__all__ = ["ROUTES", "cache_path", "choice_key", "choices", "choose", "forget", "machine_key", "provisional"]
+__all__ = ["ROUTES", "cache_path", "choice_key", "choices", "choose", "forget", "machine_key", "pin", "provisional", "used_choices"]

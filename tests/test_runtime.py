@@ -58,6 +58,7 @@ def test_autonorm_malloc_default_leaves_malloc_alone() -> None:
 def test_malloc_state_says_what_is_in_effect(monkeypatch) -> None:
     from autonorm import runtime
 
+    monkeypatch.setattr(runtime, "_state", {"tuned": False, "why": "not requested"})  # a fresh process
     monkeypatch.setenv("AUTONORM_MALLOC", "default")
     assert runtime.tune_malloc() == {"tuned": False, "why": "AUTONORM_MALLOC=default"}
     assert runtime.malloc_state()["tuned"] is False

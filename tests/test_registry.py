@@ -149,17 +149,25 @@ def test_norms_import_nothing_else_of_the_project() -> None:
 
 
 def test_kernels_import_only_norms_of_the_project() -> None:
+    """kernels/ builds on norms/ and on cpuload.py (standard library only), nothing else of the package."""
+    allowed = ("norms", "cpuload")
     files = sorted((SRC / "kernels").glob("*.py"))
     assert files
     for path in files:
         for level, mod in _imports(path):
             if level == 2:  # from ..<x> import: the package above, i.e. autonorm.<x>
-                assert mod.split(".")[0] == "norms", f"kernels/{path.name} imports ..{mod}"
+                assert mod.split(".")[0] in allowed, f"kernels/{path.name} imports ..{mod}"
             else:
                 assert level <= 1, f"kernels/{path.name} imports {'.' * level}{mod}"
-                assert not (level == 0 and mod.split(".")[0] == "autonorm" and not mod.startswith("autonorm.norms")), (
+                parts = mod.split(".")
+                assert not (level == 0 and parts[0] == "autonorm" and (len(parts) < 2 or parts[1] not in allowed)), (
                     f"kernels/{path.name} imports {mod}"
                 )
+
+
+def test_cpuload_imports_the_standard_library_only() -> None:
+    for level, mod in _imports(SRC / "cpuload.py"):
+        assert level == 0 and mod.split(".")[0] in ("__future__", "os", "time", "pathlib", "typing"), mod
 
 
 def test_nothing_in_the_package_or_scripts_imports_cli() -> None:

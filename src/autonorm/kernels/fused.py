@@ -409,38 +409,35 @@ def prefer_kernel(op: str, args: tuple[Any, ...], kernel_fn: Callable[..., Any],
 
 
 # ---------------------------------------------------------------------------- AutoNorm's gate input
-def token_mean_fused(x: torch.Tensor) -> torch.Tensor:
-    """``x.mean(dim=1)`` for ``x`` (B, N, C): the C++ kernel on float32 CPU input, the formula
-    (:func:`autonorm.norms.autonorm.token_mean`) otherwise."""
+def _gate_summary(op: str, kernel_fn: Callable[..., Any], formula: Callable[..., Any], x: torch.Tensor, auto: bool) -> Any:
+    """One of the gate-summary ops for ``x`` (B, N, C): the C++ kernel on float32 CPU input (with
+    ``auto``: where it was measured faster, forward only whatever the autograd state, so a model
+    and its deployed copy choose alike), the formula otherwise."""
     if x.dim() == 3 and native.usable(x) is not None:
-        return native.token_mean(x)
-    return _token_mean_torch(x)
+        if not auto or prefer_kernel(op, (x,), kernel_fn, formula, train=False):
+            return kernel_fn(x)
+    return formula(x)
+
+
+def token_mean_fused(x: torch.Tensor) -> torch.Tensor:
+    """``x.mean(dim=1)`` (:func:`autonorm.norms.autonorm.token_mean`) through :func:`_gate_summary`."""
+    return _gate_summary("token_mean", native.token_mean, _token_mean_torch, x, auto=False)
 
 
 def token_mean_auto(x: torch.Tensor) -> torch.Tensor:
-    """:func:`token_mean_fused` where the kernel was measured faster (forward only, whatever the
-    autograd state, so a model and its deployed copy choose alike), the formula otherwise."""
-    if x.dim() == 3 and native.usable(x) is not None:
-        if prefer_kernel("token_mean", (x,), native.token_mean, _token_mean_torch, train=False):
-            return native.token_mean(x)
-    return _token_mean_torch(x)
+    """:func:`token_mean_fused` where the kernel was measured faster, the formula otherwise."""
+    return _gate_summary("token_mean", native.token_mean, _token_mean_torch, x, auto=True)
 
 
 def token_moments_fused(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(x.mean(dim=1), x.square().mean(dim=1))`` for ``x`` (B, N, C): the C++ kernels on
-    float32 CPU input, the formula (:func:`autonorm.norms.autonorm.token_moments`) otherwise."""
-    if x.dim() == 3 and native.usable(x) is not None:
-        return native.token_moments(x)
-    return _token_moments_torch(x)
+    """``(x.mean(dim=1), x.square().mean(dim=1))`` (:func:`autonorm.norms.autonorm.token_moments`)
+    through :func:`_gate_summary`."""
+    return _gate_summary("token_moments", native.token_moments, _token_moments_torch, x, auto=False)
 
 
 def token_moments_auto(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`token_moments_fused` where the kernel was measured faster (forward only, whatever
-    the autograd state, so a model and its deployed copy choose alike), the formula otherwise."""
-    if x.dim() == 3 and native.usable(x) is not None:
-        if prefer_kernel("token_moments", (x,), native.token_moments, _token_moments_torch, train=False):
-            return native.token_moments(x)
-    return _token_moments_torch(x)
+    """:func:`token_moments_fused` where the kernels were measured faster, the formula otherwise."""
+    return _gate_summary("token_moments", native.token_moments, _token_moments_torch, x, auto=True)
 
 
 # ------------------------------------------------------------------------------------------ AFN
